@@ -1,0 +1,132 @@
+"""The command line: LightningCLI with metaclinic's defaults, run directories and the meta-test report."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import Namespace
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import WandbLogger
+
+from metaclinic.algorithms.base import EpisodicModule
+from metaclinic.data.datamodule import EpisodicDataModule
+from metaclinic.report import MetaTestReport
+
+log = logging.getLogger("metaclinic")
+
+RUN_DIR_ENV = "METACLINIC_RUN_DIR"  # shared with DDP worker processes, which re-run the command
+REPORT_FILE = "meta_test_report.json"
+
+TRAINER_DEFAULTS: dict[str, Any] = {
+    # MAML-style inner loops need autograd in validation and test (Lightning #17653).
+    "inference_mode": False,
+    # Episode samplers shard meta-batches across processes themselves.
+    "use_distributed_sampler": False,
+}
+
+
+def _class_name(node: Any) -> str:
+    return str(getattr(node, "class_path", "")).rsplit(".", 1)[-1]
+
+
+class MetaClinicCLI(LightningCLI):
+    """LightningCLI over every :class:`EpisodicModule` and :class:`EpisodicDataModule`, chosen by ``class_path``.
+
+    Each run writes into ``<runs_dir>/<run_name>/<timestamp>/``: the resolved ``config.yaml``, ``checkpoints/``
+    (best on ``val/acc`` and ``last``), the W&B run and ``meta_test_report.json``.
+    """
+
+    def __init__(self, args: list[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(
+            EpisodicModule,
+            EpisodicDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            trainer_defaults=TRAINER_DEFAULTS,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            run=False,
+            args=args,
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--run_name", type=str | None, default=None, help="default: the config file's name")
+        parser.add_argument("--runs_dir", type=str, default="runs", help="parent folder of all run directories")
+        parser.add_argument(
+            "--ckpt_path",
+            type=str | None,
+            default=None,
+            help="resume from this checkpoint; 'last' resumes the newest run of this run_name",
+        )
+        parser.link_arguments("data.init_args.n_way", "model.init_args.n_way")
+        parser.link_arguments(
+            "data", "model.init_args.backbone.init_args.in_channels", lambda d: d.example_shape[0], "instantiate"
+        )
+
+    # -- run directory ---------------------------------------------------------------------------------------
+    def _run_name(self, config: Namespace) -> str:
+        if config.run_name:
+            return config.run_name
+        files = config.get("config") or []
+        return Path(str(files[-1])).stem if files else "run"
+
+    def _resolve_run_dir(self, config: Namespace) -> Path:
+        if os.environ.get(RUN_DIR_ENV):
+            return Path(os.environ[RUN_DIR_ENV])
+        group = Path(config.runs_dir) / self._run_name(config)
+        if config.ckpt_path == "last":
+            candidates = sorted(group.glob("*/checkpoints/last.ckpt"))
+            if not candidates:
+                raise FileNotFoundError(f"--ckpt_path last: no run of {group} has checkpoints/last.ckpt to resume")
+            config.ckpt_path = str(candidates[-1])
+            return candidates[-1].parent.parent
+        if config.ckpt_path and Path(config.ckpt_path).parent.name == "checkpoints":
+            return Path(config.ckpt_path).parent.parent
+        return group / time.strftime("%Y%m%d-%H%M%S")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config
+        run_dir = self._resolve_run_dir(config)
+        os.environ[RUN_DIR_ENV] = str(run_dir)
+        config.trainer.default_root_dir = str(run_dir)
+        logger = config.trainer.logger
+        if _class_name(logger) == "WandbLogger":
+            logger.init_args.save_dir = str(run_dir)
+            if logger.init_args.get("name") is None:
+                logger.init_args.name = f"{self._run_name(config)}-{run_dir.name}"
+        for callback in config.trainer.callbacks or []:
+            if _class_name(callback) == "ModelCheckpoint" and not callback.init_args.get("dirpath"):
+                callback.init_args.dirpath = str(run_dir / "checkpoints")
+        self.run_dir = run_dir
+
+
+def meta_test(trainer: Trainer, model: LightningModule, datamodule: EpisodicDataModule, ckpt_path: str | None,
+              run_dir: Path) -> MetaTestReport:
+    """Evaluates ``ckpt_path`` on the fixed meta-test episodes; prints, logs and writes the report."""
+    trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    report = trainer.lightning_module.test_report
+    assert report is not None
+    report.checkpoint = os.path.relpath(ckpt_path, run_dir) if ckpt_path else None
+    if trainer.is_global_zero:
+        report.write(run_dir / REPORT_FILE)
+        print("\n" + report.table() + f"\nReport: {run_dir / REPORT_FILE}\n", flush=True)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                rows = [[name, e.mean, e.ci95, e.n] for name, e in report.metrics.items()]
+                logger.log_table("meta_test/report", columns=["metric", "mean", "ci95", "episodes"], data=rows)
+    return report
+
+
+def best_checkpoint(trainer: Trainer) -> str | None:
+    """The best checkpoint on the monitored metric, else the last one, else none (current weights)."""
+    callback = trainer.checkpoint_callback
+    if isinstance(callback, ModelCheckpoint):
+        return callback.best_model_path or callback.last_model_path or None
+    return None
