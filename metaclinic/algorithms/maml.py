@@ -8,7 +8,7 @@ treats the adapted gradients as constants (``first_order=True``, FOMAML). The in
 
 from __future__ import annotations
 
-import learn2learn as l2l
+from metaclinic.algorithms._learn2learn import learn2learn as l2l
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
