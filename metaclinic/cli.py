@@ -36,10 +36,10 @@ def _class_name(node: Any) -> str:
 
 
 class MetaClinicCLI(LightningCLI):
-    """LightningCLI over every :class:`EpisodicModule` and :class:`EpisodicDataModule`, chosen by ``class_path``.
+    """LightningCLI over every :class:`EpisodicModule` and :class:`EpisodicDataModule`, by ``class_path``.
 
-    Each run writes into ``<runs_dir>/<run_name>/<timestamp>/``: the resolved ``config.yaml``, ``checkpoints/``
-    (best on ``val/acc`` and ``last``), the W&B run and ``meta_test_report.json``.
+    Each run writes into ``<runs_dir>/<run_name>/<timestamp>/``: the resolved ``config.yaml``,
+    ``checkpoints/`` (best on ``val/acc`` and ``last``), the W&B run and ``meta_test_report.json``.
     """
 
     def __init__(self, args: list[str] | None = None, **kwargs: Any) -> None:
@@ -51,14 +51,20 @@ class MetaClinicCLI(LightningCLI):
             trainer_defaults=TRAINER_DEFAULTS,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,  # algorithms take their optimizer in the constructor
+            parser_kwargs={"prog": "python -m metaclinic.fit"},
             run=False,
             args=args,
             **kwargs,
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--run_name", type=str | None, default=None, help="default: the config file's name")
-        parser.add_argument("--runs_dir", type=str, default="runs", help="parent folder of all run directories")
+        parser.add_argument(
+            "--run_name", type=str | None, default=None, help="default: the config file's name"
+        )
+        parser.add_argument(
+            "--runs_dir", type=str, default="runs", help="parent folder of all run directories"
+        )
         parser.add_argument(
             "--ckpt_path",
             type=str | None,
@@ -67,7 +73,10 @@ class MetaClinicCLI(LightningCLI):
         )
         parser.link_arguments("data.init_args.n_way", "model.init_args.n_way")
         parser.link_arguments(
-            "data", "model.init_args.backbone.init_args.in_channels", lambda d: d.example_shape[0], "instantiate"
+            "data",
+            "model.init_args.backbone.init_args.in_channels",
+            lambda d: d.example_shape[0],
+            "instantiate",
         )
 
     # -- run directory ---------------------------------------------------------------------------------------
@@ -84,7 +93,9 @@ class MetaClinicCLI(LightningCLI):
         if config.ckpt_path == "last":
             candidates = sorted(group.glob("*/checkpoints/last.ckpt"))
             if not candidates:
-                raise FileNotFoundError(f"--ckpt_path last: no run of {group} has checkpoints/last.ckpt to resume")
+                raise FileNotFoundError(
+                    f"--ckpt_path last: no run of {group} has checkpoints/last.ckpt to resume"
+                )
             config.ckpt_path = str(candidates[-1])
             return candidates[-1].parent.parent
         if config.ckpt_path and Path(config.ckpt_path).parent.name == "checkpoints":
@@ -107,8 +118,13 @@ class MetaClinicCLI(LightningCLI):
         self.run_dir = run_dir
 
 
-def meta_test(trainer: Trainer, model: LightningModule, datamodule: EpisodicDataModule, ckpt_path: str | None,
-              run_dir: Path) -> MetaTestReport:
+def meta_test(
+    trainer: Trainer,
+    model: LightningModule,
+    datamodule: EpisodicDataModule,
+    ckpt_path: str | None,
+    run_dir: Path,
+) -> MetaTestReport:
     """Evaluates ``ckpt_path`` on the fixed meta-test episodes; prints, logs and writes the report."""
     trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     report = trainer.lightning_module.test_report
@@ -120,7 +136,9 @@ def meta_test(trainer: Trainer, model: LightningModule, datamodule: EpisodicData
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 rows = [[name, e.mean, e.ci95, e.n] for name, e in report.metrics.items()]
-                logger.log_table("meta_test/report", columns=["metric", "mean", "ci95", "episodes"], data=rows)
+                logger.log_table(
+                    "meta_test/report", columns=["metric", "mean", "ci95", "episodes"], data=rows
+                )
     return report
 
 

@@ -51,7 +51,9 @@ class MetaTestReport:
     def table(self) -> str:
         head = f"Meta-test: {self.algorithm}, {self.n_way}-way {self.n_shot}-shot, {self.episodes} episodes"
         rows = [f"{'metric':<12} {'mean (%)':>10} {'95% CI (±)':>11}"]
-        rows += [f"{name:<12} {100 * e.mean:>10.2f} {100 * e.ci95:>11.2f}" for name, e in self.metrics.items()]
+        rows += [
+            f"{name:<12} {100 * e.mean:>10.2f} {100 * e.ci95:>11.2f}" for name, e in self.metrics.items()
+        ]
         width = max(len(head), *(len(r) for r in rows))
         return "\n".join([head, "-" * width, *rows])
 

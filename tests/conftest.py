@@ -40,8 +40,18 @@ def medmnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def make_datamodule(medmnist_root: Path):
     def make(**overrides) -> MedMNISTEpisodes:
-        settings = dict(SPLIT, root=str(medmnist_root), n_way=5, n_shot=2, n_query=4, meta_batch_size=4,
-                        meta_batches_per_epoch=10, val_episodes=8, test_episodes=40, eval_meta_batch_size=8)
+        settings = dict(
+            SPLIT,
+            root=str(medmnist_root),
+            n_way=5,
+            n_shot=2,
+            n_query=4,
+            meta_batch_size=4,
+            meta_batches_per_epoch=10,
+            val_episodes=8,
+            test_episodes=40,
+            eval_meta_batch_size=8,
+        )
         settings.update(overrides)
         return MedMNISTEpisodes(**settings)
 

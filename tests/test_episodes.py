@@ -67,7 +67,7 @@ def test_sampler_resumes_after_the_last_consumed_meta_batch():
     restored = MetaBatchSampler(meta_batch_size=2, meta_batches_per_epoch=5, fingerprint="abc")
     restored.load_state_dict(sampler.state_dict())
     assert list(restored) == [[4, 5], [6, 7], [8, 9]]  # rest of epoch 0
-    assert list(restored)[0] == [10, 11]  # epoch 1 continues the stream
+    assert next(iter(restored)) == [10, 11]  # epoch 1 continues the stream
 
 
 def test_sampler_refuses_a_checkpoint_of_another_split():

@@ -14,17 +14,29 @@ from metaclinic.models import Conv4
 
 def quiet_trainer(**overrides) -> Trainer:
     settings = dict(
-        max_steps=60, inference_mode=False, use_distributed_sampler=False, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0, deterministic=True,
+        max_steps=60,
+        inference_mode=False,
+        use_distributed_sampler=False,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        deterministic=True,
     )
     settings.update(overrides)
     return Trainer(**settings)
 
 
 def make_maml(**overrides) -> MAML:
-    settings = dict(n_way=5, inner_lr=0.4, train_steps=1, eval_steps=3,
-                    optimizer=functools.partial(torch.optim.Adam, lr=3e-3))
+    settings = dict(
+        n_way=5,
+        inner_lr=0.4,
+        train_steps=1,
+        eval_steps=3,
+        optimizer=functools.partial(torch.optim.Adam, lr=3e-3),
+    )
     settings.update(overrides)
     return MAML(Conv4(in_channels=3, hidden=16), **settings)
 

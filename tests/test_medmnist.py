@@ -90,26 +90,33 @@ def test_download_checks_md5_and_keeps_no_partial_file(tmp_path: Path, monkeypat
 
 def test_offline_download_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(medmnist, "RECORD_URL", (tmp_path / "nowhere").as_uri())
-    with pytest.raises(FileNotFoundError, match="offline.*copy it to"):
+    with pytest.raises(FileNotFoundError, match=r"offline.*copy it to"):
         medmnist.locate(["breastmnist"], tmp_path, allow_download=True)
 
 
 def test_overlapping_splits_are_rejected(make_datamodule):
     dm = make_datamodule(meta_val=["organamnist:5-9"])
-    with pytest.raises(ValueError, match=r"organamnist:5 \(kidney-right\) is in both meta_train and meta_val"):
+    with pytest.raises(
+        ValueError, match=r"organamnist:5 \(kidney-right\) is in both meta_train and meta_val"
+    ):
         dm.setup()
 
 
 def test_class_with_too_few_examples_is_named(make_datamodule):
     dm = make_datamodule(n_shot=5, n_query=10)
-    with pytest.raises(ValueError, match=r"meta_train: 9 class\(es\) have fewer than 15 examples.*organamnist:0"):
+    with pytest.raises(
+        ValueError, match=r"meta_train: 9 class\(es\) have fewer than 15 examples.*organamnist:0"
+    ):
         dm.setup()
 
 
 @pytest.mark.parametrize(
     ("selector", "message"),
-    [("livermnist", "unknown MedMNIST dataset 'livermnist'"), ("bloodmnist:8", "outside 0..7"),
-     ("bloodmnist:x", "cannot read 'bloodmnist:x'")],
+    [
+        ("livermnist", "unknown MedMNIST dataset 'livermnist'"),
+        ("bloodmnist:8", "outside 0..7"),
+        ("bloodmnist:x", "cannot read 'bloodmnist:x'"),
+    ],
 )
 def test_bad_class_selectors(selector: str, message: str):
     with pytest.raises(ValueError, match=message):

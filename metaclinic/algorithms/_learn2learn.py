@@ -6,6 +6,6 @@ import io
 with contextlib.redirect_stderr(io.StringIO()):
     import gym  # noqa: F401
 
-import learn2learn  # noqa: E402
+import learn2learn
 
 __all__ = ["learn2learn"]

@@ -31,7 +31,9 @@ class EpisodicModule(LightningModule):
         scheduler: optionally builds a learning-rate scheduler, stepped every meta-batch.
     """
 
-    def __init__(self, optimizer: OptimizerCallable = torch.optim.Adam, scheduler: LRSchedulerCallable | None = None):
+    def __init__(
+        self, optimizer: OptimizerCallable = torch.optim.Adam, scheduler: LRSchedulerCallable | None = None
+    ):
         super().__init__()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.val_loss, self.val_acc = MeanMetric(), MeanMetric()
@@ -59,14 +61,19 @@ class EpisodicModule(LightningModule):
         """Returns the mean query loss and the accuracy of every episode."""
         if torch.is_inference_mode_enabled():
             raise RuntimeError(
-                f"{type(self).__name__} needs autograd during evaluation (inner-loop adaptation), but the Trainer "
+                f"{type(self).__name__} needs autograd during evaluation (inner-loop adaptation), "
+                "but the Trainer "
                 "runs evaluation in inference mode. Create it with Trainer(inference_mode=False)."
             )
         self.check_episode(batch)
         logits = self.score_tasks(batch)
         loss = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten())
         accuracy = multiclass_accuracy(
-            logits.argmax(-1), batch.query_y, num_classes=batch.n_way, average="micro", multidim_average="samplewise"
+            logits.argmax(-1),
+            batch.query_y,
+            num_classes=batch.n_way,
+            average="micro",
+            multidim_average="samplewise",
         )
         return loss, accuracy
 

@@ -8,12 +8,12 @@ treats the adapted gradients as constants (``first_order=True``, FOMAML). The in
 
 from __future__ import annotations
 
-from metaclinic.algorithms._learn2learn import learn2learn as l2l
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from metaclinic.algorithms._learn2learn import learn2learn as l2l
 from metaclinic.algorithms.base import EpisodicModule
 from metaclinic.data.task import Task, TaskBatch
 
@@ -69,7 +69,9 @@ class MAML(EpisodicModule):
 
     def adapt(self, task: Task) -> l2l.algorithms.MAML:
         """Returns a clone of the network adapted to ``task``'s support set."""
-        steps, lr = (self.train_steps, self.inner_lr) if self.training else (self.eval_steps, self.eval_inner_lr)
+        steps, lr = (
+            (self.train_steps, self.inner_lr) if self.training else (self.eval_steps, self.eval_inner_lr)
+        )
         with torch.enable_grad():
             learner = self.maml.clone(first_order=self.first_order if self.training else True)
             learner.lr = lr

@@ -1,0 +1,120 @@
+"""The command line: every config parses, typos fail naming the key, and a run ends with its report."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from metaclinic.cli import MetaClinicCLI
+
+from .conftest import REPO
+
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def _no_pytest_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LightningCLI warns when sys.argv (pytest's here) and args are both given."""
+    monkeypatch.setattr(sys, "argv", ["metaclinic.fit"])
+
+
+def parse(capsys: pytest.CaptureFixture, *args: str) -> str:
+    """Runs the parser only (``--print_config``) and returns what it printed."""
+    with pytest.raises(SystemExit) as exit_info:
+        MetaClinicCLI(args=[*args, "--print_config"])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 0, err
+    return out
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_every_config_parses(config: Path, capsys: pytest.CaptureFixture):
+    printed = parse(capsys, "--config", str(config))
+    assert "class_path: metaclinic.algorithms." in printed and "class_path: metaclinic.data." in printed
+
+
+def test_dotted_overrides_reach_the_config(capsys: pytest.CaptureFixture):
+    printed = parse(
+        capsys,
+        "--config",
+        str(REPO / "configs/quickstart.yaml"),
+        "--trainer.max_steps=7",
+        "--data.init_args.n_shot=3",
+    )
+    assert "max_steps: 7" in printed and "n_shot: 3" in printed
+
+
+@pytest.mark.parametrize(
+    ("args", "key"),
+    [
+        (["--trainer.max_stepz=5"], "max_stepz"),
+        (["--data.init_args.n_shots=5"], "n_shots"),
+        (["--model.init_args.inner_lrr=0.1"], "inner_lrr"),
+    ],
+)
+def test_a_typo_fails_at_once_naming_the_key(args: list[str], key: str, capsys: pytest.CaptureFixture):
+    with pytest.raises(SystemExit) as exit_info:
+        MetaClinicCLI(args=["--config", str(REPO / "configs/quickstart.yaml"), *args])
+    assert exit_info.value.code != 0
+    assert key in capsys.readouterr().err
+
+
+def test_a_typo_inside_a_yaml_file_names_the_key(tmp_path: Path, capsys: pytest.CaptureFixture):
+    text = (REPO / "configs/quickstart.yaml").read_text().replace("    n_query: 10", "    n_querry: 10")
+    (tmp_path / "typo.yaml").write_text(text)
+    with pytest.raises(SystemExit):
+        MetaClinicCLI(args=["--config", str(tmp_path / "typo.yaml")])
+    assert "n_querry" in capsys.readouterr().err
+
+
+def run_fit(medmnist_root: Path, runs: Path, *extra: str) -> subprocess.CompletedProcess:
+    args = [
+        sys.executable,
+        "-m",
+        "metaclinic.fit",
+        "--config",
+        str(REPO / "configs/quickstart.yaml"),
+        f"--runs_dir={runs}",
+        f"--data.init_args.root={medmnist_root}",
+        "--data.init_args.download=false",
+        "--data.init_args.n_shot=2",
+        "--data.init_args.n_query=4",
+        "--data.init_args.meta_batches_per_epoch=30",
+        "--data.init_args.val_episodes=16",
+        "--data.init_args.test_episodes=60",
+        "--trainer.max_steps=60",
+        "--trainer.enable_progress_bar=false",
+        "--model.init_args.backbone.init_args.hidden=16",
+        "--model.init_args.optimizer.init_args.lr=0.003",
+        *extra,
+    ]
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_fit_end_to_end_writes_checkpoints_config_and_report(medmnist_root: Path, tmp_path: Path):
+    result = run_fit(medmnist_root, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "quickstart").iterdir()
+    report = json.loads((run_dir / "meta_test_report.json").read_text())
+    assert (report["algorithm"], report["n_way"], report["n_shot"], report["episodes"]) == ("MAML", 5, 2, 60)
+    accuracy = report["metrics"]["accuracy"]
+    assert accuracy["n"] == 60 and 0 < accuracy["ci95"] < 0.1
+    assert accuracy["mean"] - accuracy["ci95"] > 0.6, accuracy  # chance is 0.2
+    assert report["checkpoint"].startswith("checkpoints/best-step=")
+    assert (run_dir / report["checkpoint"]).is_file() and (run_dir / "checkpoints/last.ckpt").is_file()
+    assert "n_shot: 2" in (run_dir / "config.yaml").read_text()
+    assert list((run_dir / "wandb").glob("offline-run-*"))
+    assert "Meta-test: MAML, 5-way 2-shot, 60 episodes" in result.stdout
+
+
+def test_missing_data_fails_with_the_expected_files(tmp_path: Path):
+    result = run_fit(tmp_path / "empty", tmp_path / "runs")
+    assert result.returncode != 0
+    assert "bloodmnist.npz" in result.stderr and "organamnist.npz" in result.stderr
+    assert "zenodo.org/records/10519652" in result.stderr
