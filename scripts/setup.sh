@@ -28,7 +28,7 @@ if ! "$venv/bin/python" -c 'import importlib.metadata as m; assert m.version("le
     src="$work/learn2learn-0.2.0"
     rm -rf "$src/.eggs"
     for pyx in "$src"/learn2learn/data/*.pyx; do
-        "$venv/bin/cython" -3 --quiet "$pyx" -o "${pyx%.pyx}.c"
+        "$venv/bin/cython" -3 "$pyx" -o "${pyx%.pyx}.c"
     done
     # --no-deps: its declared dependencies include gsutil and qpth, which nothing we import needs;
     # the ones it imports (numpy, scipy, gym, torchvision, requests, tqdm) come with metaclinic below.

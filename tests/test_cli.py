@@ -118,3 +118,4 @@ def test_missing_data_fails_with_the_expected_files(tmp_path: Path):
     assert result.returncode != 0
     assert "bloodmnist.npz" in result.stderr and "organamnist.npz" in result.stderr
     assert "zenodo.org/records/10519652" in result.stderr
+    assert "Traceback" not in result.stderr

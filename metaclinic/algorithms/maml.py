@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from metaclinic.algorithms._learn2learn import learn2learn as l2l
 from metaclinic.algorithms.base import EpisodicModule
 from metaclinic.data.task import Task, TaskBatch
+from metaclinic.errors import DataError
 
 
 class MAML(EpisodicModule):
@@ -62,7 +63,7 @@ class MAML(EpisodicModule):
 
     def check_episode(self, batch: TaskBatch) -> None:
         if batch.n_way != self.n_way:
-            raise ValueError(
+            raise DataError(
                 f"MAML was built with a {self.n_way}-way head but the episodes are {batch.n_way}-way; "
                 "set model.init_args.n_way to data.init_args.n_way"
             )
