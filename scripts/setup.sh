@@ -35,6 +35,8 @@ if ! "$venv/bin/python" -c 'import importlib.metadata as m; assert m.version("le
     pip_install --no-deps --no-build-isolation "$src"
 fi
 
-pip_install -e ".[dev]"
+# --no-warn-conflicts: pip would otherwise report learn2learn's declared gsutil and qpth as missing;
+# they serve its dataset downloaders and MetaOptNet, which metaclinic does not use.
+pip_install --no-warn-conflicts -e ".[dev]"
 "$venv/bin/python" -W ignore -c 'import learn2learn, metaclinic; print("metaclinic environment ready:", ".venv/")' \
     2> >(grep -v -i "gym" >&2)

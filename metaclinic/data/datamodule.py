@@ -1,0 +1,169 @@
+"""Episodic DataModules: meta-train / meta-val / meta-test class pools turned into task loaders."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from metaclinic.data.episodes import EpisodeDataset, MetaBatchSampler, ResumableLoader
+from metaclinic.data.pool import ClassPool
+from metaclinic.data.task import TaskBatch
+from metaclinic.errors import DataError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("meta_train", "meta_val", "meta_test")
+
+
+def check_disjoint(pools: dict[str, ClassPool]) -> None:
+    """Meta-splits must not share a class: a shared class would leak test classes into training."""
+    owner: dict[str, str] = {}
+    for split, pool in pools.items():
+        for info in pool.classes:
+            if info.key in owner:
+                raise DataError(
+                    f"class {info.key} ({info.name}) is in both {owner[info.key]} and {split}; "
+                    "meta-splits must be disjoint"
+                )
+            owner[info.key] = split
+
+
+class EpisodicDataModule(LightningDataModule):
+    """Serves N-way K-shot tasks from three disjoint class pools; subclasses only say how to build them.
+
+    Training episodes form an endless seeded stream cut into epochs of ``meta_batches_per_epoch``
+    meta-batches; validation and test use fixed episode sets drawn with ``eval_seed``, identical for every
+    algorithm run on the same data configuration.
+
+    Args:
+        n_way: classes per episode.
+        n_shot: labelled support examples per class.
+        n_query: query examples per class, scored after adaptation.
+        meta_batch_size: tasks per optimizer step (global, across all processes).
+        meta_batches_per_epoch: training meta-batches between two validations.
+        val_episodes: size of the fixed meta-validation episode set.
+        test_episodes: size of the fixed meta-test episode set (the final report).
+        eval_meta_batch_size: tasks per evaluation batch (memory only; results do not depend on it).
+        num_workers: DataLoader worker processes building episodes.
+        seed: seed of the training episode stream.
+        eval_seed: seed of the validation and test episode sets.
+    """
+
+    def __init__(
+        self,
+        n_way: int = 5,
+        n_shot: int = 1,
+        n_query: int = 15,
+        meta_batch_size: int = 4,
+        meta_batches_per_epoch: int = 100,
+        val_episodes: int = 100,
+        test_episodes: int = 600,
+        eval_meta_batch_size: int = 8,
+        num_workers: int = 0,
+        seed: int = 0,
+        eval_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, value in (("n_way", n_way), ("n_shot", n_shot), ("n_query", n_query),
+                            ("meta_batch_size", meta_batch_size), ("meta_batches_per_epoch", meta_batches_per_epoch),
+                            ("val_episodes", val_episodes), ("test_episodes", test_episodes),
+                            ("eval_meta_batch_size", eval_meta_batch_size)):
+            if value < 1:
+                raise DataError(f"data.{name} must be at least 1, got {value}")
+        if n_way < 2:
+            raise DataError(f"data.n_way must be at least 2, got {n_way}")
+        self.n_way, self.n_shot, self.n_query = n_way, n_shot, n_query
+        self.meta_batch_size, self.meta_batches_per_epoch = meta_batch_size, meta_batches_per_epoch
+        self.val_episodes, self.test_episodes = val_episodes, test_episodes
+        self.eval_meta_batch_size, self.num_workers = eval_meta_batch_size, num_workers
+        self.seed, self.eval_seed = seed, eval_seed
+        self.pools: dict[str, ClassPool] | None = None
+        self._train_sampler: MetaBatchSampler | None = None
+
+    # -- what a source provides ------------------------------------------------------------------------------
+    @property
+    def example_shape(self) -> tuple[int, ...]:
+        """Shape of one model input, known before any data is read (backbones are sized from it)."""
+        raise NotImplementedError
+
+    def build_pools(self) -> dict[str, ClassPool]:
+        """Returns ``{"meta_train": ..., "meta_val": ..., "meta_test": ...}``."""
+        raise NotImplementedError
+
+    def prepare_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Turns stored examples into model inputs on the device (e.g. uint8 images to floats)."""
+        return x
+
+    # -- Lightning hooks -------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.pools is not None:
+            return
+        pools = self.build_pools()
+        check_disjoint(pools)
+        needed = self.n_shot + self.n_query
+        for split, pool in pools.items():
+            if pool.num_classes < self.n_way:
+                raise DataError(
+                    f"{split} has {pool.num_classes} classes, fewer than n_way={self.n_way}: "
+                    f"{[c.key for c in pool.classes]}"
+                )
+            pool.check_enough_examples(needed, split, f"n_shot + n_query = {self.n_shot} + {self.n_query}")
+            log.info("%s: %d classes, %d examples", split, pool.num_classes, len(pool.examples))
+        self.pools = pools
+
+    @property
+    def split_fingerprint(self) -> str:
+        """Identifies the class split (keys and sizes of every class in every meta-split)."""
+        assert self.pools is not None, "call setup() first"
+        text = "|".join(f"{s}:{self.pools[s].fingerprint()}" for s in SPLITS)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def _episodes(self, split: str, seed: int, num_episodes: int | None = None) -> EpisodeDataset:
+        assert self.pools is not None, "call setup() first"
+        return EpisodeDataset(
+            self.pools[split], self.n_way, self.n_shot, self.n_query, seed, SPLITS.index(split), num_episodes
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        if self._train_sampler is None:
+            self._train_sampler = MetaBatchSampler(
+                self.meta_batch_size, self.meta_batches_per_epoch, rank, world, self.split_fingerprint
+            )
+        return ResumableLoader(
+            self._episodes("meta_train", self.seed),
+            batch_sampler=self._train_sampler,
+            collate_fn=functools.partial(TaskBatch.collate, meta_batch_size=self.meta_batch_size),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _eval_loader(self, split: str, num_episodes: int) -> DataLoader:
+        return DataLoader(
+            self._episodes(split, self.eval_seed, num_episodes),
+            batch_size=self.eval_meta_batch_size,
+            collate_fn=TaskBatch.collate,
+            num_workers=self.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("meta_val", self.val_episodes)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("meta_test", self.test_episodes)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if not isinstance(batch, TaskBatch):
+            return batch
+        if self.trainer is not None and self.trainer.training and self._train_sampler is not None:
+            self._train_sampler.mark_consumed(batch.meta_batch_index)
+        batch.support_x = self.prepare_inputs(batch.support_x)
+        batch.query_x = self.prepare_inputs(batch.query_x)
+        return batch

@@ -1,0 +1,198 @@
+"""MedMNIST v2 (2D, 28x28) as a source of classes: every (dataset, label) pair is one class.
+
+Reads the official ``.npz`` files (``train_images``, ``train_labels``, ``val_*``, ``test_*``). Labels may be
+``(N,)`` or ``(N, 1)``; multi-label files (ChestMNIST, ``(N, 14)``) contribute, for each finding, the images
+that have exactly that one finding, and the number of images left out is logged, never dropped silently.
+
+Yang et al., "MedMNIST v2 - A large-scale lightweight benchmark for 2D and 3D biomedical image
+classification", Scientific Data 10, 41 (2023). Licence CC BY 4.0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from metaclinic.data.pool import ClassInfo, ClassPool
+from metaclinic.errors import DataError, MissingDataError
+
+log = logging.getLogger(__name__)
+
+RECORD_URL = "https://zenodo.org/records/10519652/files"
+IMAGE_SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class MedMNISTInfo:
+    """What metaclinic needs to know of one official 2D dataset (from ``medmnist.info.INFO`` v3.0.2)."""
+
+    channels: int
+    md5: str
+    labels: tuple[str, ...]
+    multi_label: bool = False
+
+
+MEDMNIST_2D: dict[str, MedMNISTInfo] = {
+    "pathmnist": MedMNISTInfo(3, "a8b06965200029087d5bd730944a56c1", (
+        "adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle", "normal colon mucosa",
+        "cancer-associated stroma", "colorectal adenocarcinoma epithelium")),
+    "chestmnist": MedMNISTInfo(1, "02c8a6516a18b556561a56cbdd36c4a8", (
+        "atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule", "pneumonia",
+        "pneumothorax", "consolidation", "edema", "emphysema", "fibrosis", "pleural", "hernia"),
+        multi_label=True),
+    "dermamnist": MedMNISTInfo(3, "0744692d530f8e62ec473284d019b0c7", (
+        "actinic keratoses and intraepithelial carcinoma", "basal cell carcinoma",
+        "benign keratosis-like lesions", "dermatofibroma", "melanoma", "melanocytic nevi", "vascular lesions")),
+    "octmnist": MedMNISTInfo(1, "c68d92d5b585d8d81f7112f81e2d0842", (
+        "choroidal neovascularization", "diabetic macular edema", "drusen", "normal")),
+    "pneumoniamnist": MedMNISTInfo(1, "28209eda62fecd6e6a2d98b1501bb15f", ("normal", "pneumonia")),
+    "retinamnist": MedMNISTInfo(3, "bd4c0672f1bba3e3a89f0e4e876791e4", ("0", "1", "2", "3", "4")),
+    "breastmnist": MedMNISTInfo(1, "750601b1f35ba3300ea97c75c52ff8f6", ("malignant", "normal, benign")),
+    "bloodmnist": MedMNISTInfo(3, "7053d0359d879ad8a5505303e11de1dc", (
+        "basophil", "eosinophil", "erythroblast",
+        "immature granulocytes(myelocytes, metamyelocytes and promyelocytes)", "lymphocyte", "monocyte",
+        "neutrophil", "platelet")),
+    "tissuemnist": MedMNISTInfo(1, "ebe78ee8b05294063de985d821c1c34b", (
+        "Collecting Duct, Connecting Tubule", "Distal Convoluted Tubule", "Glomerular endothelial cells",
+        "Interstitial endothelial cells", "Leukocytes", "Podocytes", "Proximal Tubule Segments",
+        "Thick Ascending Limb")),
+    **{
+        name: MedMNISTInfo(1, md5, (
+            "bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver",
+            "lung-left", "lung-right", "pancreas", "spleen"))
+        for name, md5 in (
+            ("organamnist", "68e3f8846a6bd62f0c9bf841c0d9eacc"),
+            ("organcmnist", "b9ceb9546e10131b32923c5bbeaea2b1"),
+            ("organsmnist", "9ab87b696fb54e2a387ebe992d6ed5f1"),
+        )
+    },
+}
+
+
+def dataset_info(name: str) -> MedMNISTInfo:
+    if name not in MEDMNIST_2D:
+        raise DataError(f"unknown MedMNIST dataset {name!r}; expected one of {sorted(MEDMNIST_2D)}")
+    return MEDMNIST_2D[name]
+
+
+def file_url(name: str) -> str:
+    return f"{RECORD_URL}/{name}.npz?download=1"
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(name: str, root: Path) -> Path:
+    """Fetches the official file into ``root`` and checks its MD5; a partial download never stays behind."""
+    info, target, url = dataset_info(name), root / f"{name}.npz", file_url(name)
+    root.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".npz.part")
+    log.info("Downloading %s from %s", target.name, url)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
+            shutil.copyfileobj(response, out)
+        if (got := md5sum(partial)) != info.md5:
+            raise DataError(f"{url} downloaded with MD5 {got}, expected {info.md5}; nothing was saved, try again")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+def locate(names: list[str], root: Path, allow_download: bool) -> dict[str, Path]:
+    """Returns the file of every dataset, downloading missing ones only when allowed."""
+    paths = {name: root / f"{name}.npz" for name in names}
+    missing = [name for name, path in paths.items() if not path.is_file()]
+    if not missing:
+        return paths
+    listed = "\n".join(f"  {paths[name]}  <- {file_url(name)}" for name in missing)
+    where = (
+        "point data.init_args.root (or METACLINIC_DATA_DIR, whose medmnist/ sub-folder is used) at a folder "
+        "that holds them"
+    )
+    if not allow_download:
+        raise MissingDataError(
+            f"MedMNIST file(s) not found in {root}:\n{listed}\nDownload them from the official record "
+            f"(MedMNIST v2, https://zenodo.org/records/10519652) into that folder, set "
+            f"data.init_args.download: true to fetch them automatically, or {where}."
+        )
+    for name in missing:
+        try:
+            download(name, root)
+        except OSError as error:
+            raise MissingDataError(
+                f"Could not download {file_url(name)} ({error}); this machine seems to be offline. On a machine "
+                f"that is online, download\n{listed}\nand copy the files to {root}, or {where}."
+            ) from error
+    return paths
+
+
+def _to_nchw(images: np.ndarray, channels: int, path: Path, key: str) -> torch.Tensor:
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+        raise DataError(f"{path}: {key} should be uint8 (N,H,W) or (N,H,W,C), got {images.dtype} {images.shape}")
+    tensor = torch.from_numpy(np.ascontiguousarray(images))
+    tensor = tensor.unsqueeze(1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2)
+    if tensor.shape[1] < channels:  # grayscale beside RGB datasets: repeat the channel
+        tensor = tensor.expand(-1, channels, -1, -1)
+    elif tensor.shape[1] > channels:
+        raise DataError(f"{path}: {key} has {tensor.shape[1]} channels, more than the {channels} requested")
+    return tensor.contiguous()
+
+
+def _single_labels(labels: np.ndarray, info: MedMNISTInfo, path: Path, key: str) -> np.ndarray:
+    """Returns one label per image, or -1 for images that fit no single class (multi-label files)."""
+    if info.multi_label:
+        if labels.ndim != 2 or labels.shape[1] != len(info.labels):
+            raise DataError(f"{path}: {key} should be (N, {len(info.labels)}), got {labels.shape}")
+        positive = labels.sum(axis=1)
+        return np.where(positive == 1, labels.argmax(axis=1), -1)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise DataError(f"{path}: {key} should be (N,) or (N, 1), got {labels.shape}")
+    bad = labels[(labels < 0) | (labels >= len(info.labels))]
+    if bad.size:
+        raise DataError(f"{path}: {key} holds label {int(bad[0])}; expected 0..{len(info.labels) - 1}")
+    return labels.astype(np.int64)
+
+
+def load_pool(path: Path, name: str, labels: list[int], image_splits: list[str], channels: int) -> ClassPool:
+    """Reads the images of the given labels from the given official splits of one dataset file."""
+    info = dataset_info(name)
+    unknown = [s for s in image_splits if s not in IMAGE_SPLITS]
+    if unknown:
+        raise DataError(f"unknown image split(s) {unknown}; expected a subset of {list(IMAGE_SPLITS)}")
+    try:
+        archive = np.load(path)
+        images, targets = [], []
+        for split in image_splits:
+            for key in (f"{split}_images", f"{split}_labels"):
+                if key not in archive.files:
+                    raise DataError(f"{path}: key {key!r} is missing; the file has {archive.files}")
+            targets.append(_single_labels(archive[f"{split}_labels"], info, path, f"{split}_labels"))
+            images.append(_to_nchw(archive[f"{split}_images"], channels, path, f"{split}_images"))
+    except (zipfile.BadZipFile, EOFError, OSError) as error:
+        raise DataError(f"{path} is not a readable .npz file ({error}); delete it and download it again") from error
+    label_of = np.concatenate(targets)
+    if (excluded := int((label_of < 0).sum())) > 0:
+        log.info("%s: %d images with no or several findings are not in any class", name, excluded)
+    wanted = np.isin(label_of, labels)
+    examples = torch.cat(images)[torch.from_numpy(wanted)]
+    kept = label_of[wanted]
+    class_indices = [torch.from_numpy(np.flatnonzero(kept == label)) for label in labels]
+    classes = [ClassInfo(f"{name}:{label}", info.labels[label], name) for label in labels]
+    return ClassPool(examples, class_indices, classes)

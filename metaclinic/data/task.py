@@ -1,0 +1,62 @@
+"""The episode types every data source produces and every algorithm consumes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Task:
+    """One N-way K-shot episode, split into support and query once, by the data layer.
+
+    Labels are episode-local (``0 .. n_way-1``); ``classes[j]`` is the pool-wide id of local class ``j``.
+
+    Shapes: ``support_x (n_way * n_shot, *example)``, ``support_y (n_way * n_shot,)``,
+    ``query_x (n_way * n_query, *example)``, ``query_y (n_way * n_query,)``, ``classes (n_way,)``.
+    """
+
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+    classes: Tensor
+
+    @property
+    def n_way(self) -> int:
+        return self.classes.shape[-1]
+
+
+@dataclass
+class TaskBatch(Task):
+    """A meta-batch: the fields of :class:`Task` stacked along a leading task dimension.
+
+    ``episode_index`` identifies each episode in its (seeded) stream, ``meta_batch_index`` the position of
+    this meta-batch in the training stream; the sampler uses it to resume exactly.
+    """
+
+    episode_index: Tensor
+    meta_batch_index: int = -1
+
+    def __len__(self) -> int:
+        return self.support_x.shape[0]
+
+    def __iter__(self) -> Iterator[Task]:
+        for i in range(len(self)):
+            yield Task(self.support_x[i], self.support_y[i], self.query_x[i], self.query_y[i], self.classes[i])
+
+    @classmethod
+    def collate(cls, tasks: Sequence[tuple[Task, int]], meta_batch_size: int | None = None) -> TaskBatch:
+        """Stacks ``(task, episode_index)`` pairs; all tasks must share ways, shots and queries.
+
+        With ``meta_batch_size`` (global, across processes) the batch also records which training
+        meta-batch it is, for exact resumption.
+        """
+        fields = ("support_x", "support_y", "query_x", "query_y", "classes")
+        stacked = {f: torch.stack([getattr(t, f) for t, _ in tasks]) for f in fields}
+        episodes = torch.tensor([i for _, i in tasks], dtype=torch.long)
+        meta_batch = tasks[0][1] // meta_batch_size if meta_batch_size else -1
+        return cls(**stacked, episode_index=episodes, meta_batch_index=meta_batch)
