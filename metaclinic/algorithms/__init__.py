@@ -1,6 +1,27 @@
 """Meta-learning algorithms: one LightningModule each, on the shared :class:`EpisodicModule` base."""
 
+from metaclinic.algorithms.anil import ANIL
 from metaclinic.algorithms.base import EpisodicModule
+from metaclinic.algorithms.inner_loop import InnerLoopModule
 from metaclinic.algorithms.maml import MAML
+from metaclinic.algorithms.matchingnet import MatchingNet
+from metaclinic.algorithms.metasgd import MetaSGD
+from metaclinic.algorithms.metric import MetricModule
+from metaclinic.algorithms.protonet import ProtoNet
+from metaclinic.algorithms.relationnet import RelationNet
+from metaclinic.algorithms.reptile import Reptile
+from metaclinic.algorithms.siamese import Siamese
 
-__all__ = ["MAML", "EpisodicModule"]
+__all__ = [
+    "ANIL",
+    "MAML",
+    "EpisodicModule",
+    "InnerLoopModule",
+    "MatchingNet",
+    "MetaSGD",
+    "MetricModule",
+    "ProtoNet",
+    "RelationNet",
+    "Reptile",
+    "Siamese",
+]

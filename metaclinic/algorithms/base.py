@@ -8,12 +8,19 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import CatMetric, MeanMetric
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from metaclinic.data.task import Task, TaskBatch
 from metaclinic.report import Estimate, MetaTestReport
+
+
+def uses_batch_statistics(module: nn.Module) -> bool:
+    """Whether some batch norm layer of ``module`` normalises with the current batch even in eval mode."""
+    return any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats for m in module.modules()
+    )
 
 
 class EpisodicModule(LightningModule):
@@ -50,8 +57,43 @@ class EpisodicModule(LightningModule):
         raise NotImplementedError
 
     def score_tasks(self, batch: TaskBatch) -> Tensor:
-        """Query logits of every task, ``(tasks, n_way * n_query, n_way)``. Override to batch over tasks."""
+        """Query scores of every task, by default logits ``(tasks, n_way * n_query, n_way)``.
+
+        Override to batch over tasks; scores of another shape need ``query_loss`` and ``class_logits`` too.
+        """
         return torch.stack([self.adapt_and_score(task) for task in batch])
+
+    def query_loss(self, scores: Tensor, batch: TaskBatch) -> Tensor:
+        """The loss the outer loop minimises: cross-entropy of the query logits, averaged over the batch."""
+        return F.cross_entropy(scores.flatten(0, 1), batch.query_y.flatten())
+
+    def class_logits(self, scores: Tensor, batch: TaskBatch) -> Tensor:
+        """Per-class query scores ``(tasks, n_way * n_query, n_way)`` whose argmax is the prediction."""
+        return scores
+
+    def embed_episodes(self, backbone: nn.Module, batch: TaskBatch) -> tuple[Tensor, Tensor]:
+        """Support and query embeddings ``(tasks, n_support, d)``, ``(tasks, n_query_total, d)``.
+
+        One backbone call for the whole meta-batch; except that at evaluation a backbone whose batch norm
+        uses batch statistics embeds each episode on its own, so that no episode's result depends on the
+        others evaluated beside it.
+        """
+        if not self.training and uses_batch_statistics(backbone):
+            pairs = [
+                self.embed_episodes_jointly(backbone, batch.support_x[i : i + 1], batch.query_x[i : i + 1])
+                for i in range(len(batch))
+            ]
+            return torch.cat([s for s, _ in pairs]), torch.cat([q for _, q in pairs])
+        return self.embed_episodes_jointly(backbone, batch.support_x, batch.query_x)
+
+    @staticmethod
+    def embed_episodes_jointly(
+        backbone: nn.Module, support_x: Tensor, query_x: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        (tasks, n_support), n_query = support_x.shape[:2], query_x.shape[1]
+        embeddings = backbone(torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)]))
+        support, query = embeddings.split([tasks * n_support, tasks * n_query])
+        return support.view(tasks, n_support, -1), query.view(tasks, n_query, -1)
 
     def check_episode(self, batch: TaskBatch) -> None:
         """Raises if the algorithm cannot handle these episodes (e.g. a fixed head of another width)."""
@@ -59,15 +101,13 @@ class EpisodicModule(LightningModule):
     # -- the shared meta-batch step --------------------------------------------------------------------------
     def _step(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
         """Returns the mean query loss and the accuracy of every episode."""
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError(
-                f"{type(self).__name__} needs autograd during evaluation (inner-loop adaptation), "
-                "but the Trainer "
-                "runs evaluation in inference mode. Create it with Trainer(inference_mode=False)."
-            )
         self.check_episode(batch)
-        logits = self.score_tasks(batch)
-        loss = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten())
+        return self.query_metrics(self.score_tasks(batch), batch)
+
+    def query_metrics(self, scores: Tensor, batch: TaskBatch) -> tuple[Tensor, Tensor]:
+        """The query loss and every episode's accuracy, from the scores of ``score_tasks``."""
+        loss = self.query_loss(scores, batch)
+        logits = self.class_logits(scores, batch)
         accuracy = multiclass_accuracy(
             logits.argmax(-1),
             batch.query_y,
@@ -79,9 +119,12 @@ class EpisodicModule(LightningModule):
 
     def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
         loss, accuracy = self._step(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
-        self.log("train/acc", accuracy.mean(), prog_bar=True, batch_size=len(batch))
+        self.log_training(loss, accuracy)
         return loss
+
+    def log_training(self, loss: Tensor, accuracy: Tensor) -> None:
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(accuracy))
+        self.log("train/acc", accuracy.mean(), prog_bar=True, batch_size=len(accuracy))
 
     def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
         loss, accuracy = self._step(batch)

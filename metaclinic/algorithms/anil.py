@@ -1,0 +1,40 @@
+"""ANIL: Raghu, Raghu, Bengio and Vinyals, "Rapid Learning or Feature Reuse? Towards Understanding the
+Effectiveness of MAML", ICLR 2020, https://arxiv.org/abs/1909.09157.
+
+Almost No Inner Loop: only the linear head adapts to the support set; the backbone is meta-learned in
+the outer loop alone. The backbone runs once for the whole meta-batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from metaclinic.algorithms._learn2learn import learn2learn as l2l
+from metaclinic.algorithms.inner_loop import InnerLoopModule
+from metaclinic.data.task import TaskBatch
+
+
+class ANIL(InnerLoopModule):
+    """ANIL with the head's inner loop through ``learn2learn.algorithms.MAML``.
+
+    Args:
+        backbone: maps inputs to embeddings; must expose ``out_features``.
+        **kwargs: inner-loop and optimizer settings of :class:`InnerLoopModule`.
+    """
+
+    def __init__(self, backbone: nn.Module, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
+        self.backbone = backbone
+        head = nn.Linear(backbone.out_features, self.n_way)
+        self.head = l2l.algorithms.MAML(head, lr=self.inner_lr, first_order=self.first_order)
+
+    def score_tasks(self, batch: TaskBatch) -> Tensor:
+        support, query = self.embed_episodes(self.backbone, batch)
+        return torch.stack(
+            [
+                self.inner_loop(self.head, s, y)(q)
+                for s, y, q in zip(support, batch.support_y, query, strict=True)
+            ]
+        )

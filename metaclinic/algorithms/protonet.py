@@ -1,0 +1,50 @@
+"""Prototypical Networks: Snell, Swersky and Zemel, "Prototypical Networks for Few-shot Learning",
+NeurIPS 2017, https://arxiv.org/abs/1703.05175.
+
+A class is represented by its prototype, the mean embedding of its support examples; a query's logits
+are its negative squared Euclidean distances to the prototypes (or scaled cosine similarities).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metaclinic.algorithms.metric import MetricModule, class_means
+from metaclinic.data.task import TaskBatch
+
+
+class ProtoNet(MetricModule):
+    """Prototypical Networks, batched over the whole meta-batch.
+
+    Args:
+        backbone: maps inputs to embeddings.
+        distance: ``euclidean`` (squared, as in the paper) or ``cosine``.
+        temperature: scale of cosine similarities before the softmax (cosine only).
+        **kwargs: ``optimizer`` and ``scheduler``.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        distance: Literal["euclidean", "cosine"] = "euclidean",
+        temperature: float = 10.0,
+        **kwargs,
+    ) -> None:
+        super().__init__(backbone, **kwargs)
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
+        self.distance, self.temperature = distance, temperature
+
+    def score_tasks(self, batch: TaskBatch) -> Tensor:
+        support, query = self.embed_episodes(self.backbone, batch)
+        prototypes = class_means(support, batch.support_y, batch.n_way)
+        if self.distance == "cosine":
+            return (
+                self.temperature
+                * F.normalize(query, dim=-1)
+                @ F.normalize(prototypes, dim=-1).transpose(1, 2)
+            )
+        return -torch.cdist(query, prototypes).pow(2)
