@@ -70,10 +70,16 @@ class EpisodicDataModule(LightningDataModule):
         eval_seed: int = 0,
     ) -> None:
         super().__init__()
-        for name, value in (("n_way", n_way), ("n_shot", n_shot), ("n_query", n_query),
-                            ("meta_batch_size", meta_batch_size), ("meta_batches_per_epoch", meta_batches_per_epoch),
-                            ("val_episodes", val_episodes), ("test_episodes", test_episodes),
-                            ("eval_meta_batch_size", eval_meta_batch_size)):
+        for name, value in (
+            ("n_way", n_way),
+            ("n_shot", n_shot),
+            ("n_query", n_query),
+            ("meta_batch_size", meta_batch_size),
+            ("meta_batches_per_epoch", meta_batches_per_epoch),
+            ("val_episodes", val_episodes),
+            ("test_episodes", test_episodes),
+            ("eval_meta_batch_size", eval_meta_batch_size),
+        ):
             if value < 1:
                 raise DataError(f"data.{name} must be at least 1, got {value}")
         if n_way < 2:

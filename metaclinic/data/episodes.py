@@ -37,7 +37,9 @@ class EpisodeDataset(Dataset):
         num_episodes: int | None = None,
     ) -> None:
         if pool.num_classes < n_way:
-            raise DataError(f"{n_way}-way episodes need at least {n_way} classes; the pool has {pool.num_classes}")
+            raise DataError(
+                f"{n_way}-way episodes need at least {n_way} classes; the pool has {pool.num_classes}"
+            )
         pool.check_enough_examples(n_shot + n_query, split=f"stream {stream}", what=f"{n_shot}+{n_query}")
         self.pool, self.n_way, self.n_shot, self.n_query = pool, n_way, n_shot, n_query
         self.seed, self.stream, self.num_episodes = seed, stream, num_episodes
@@ -53,7 +55,9 @@ class EpisodeDataset(Dataset):
         classes = rng.choice(self.pool.num_classes, size=self.n_way, replace=False)
         per_class = self.n_shot + self.n_query
         picks = np.stack([rng.choice(self._sizes[c], size=per_class, replace=False) for c in classes])
-        rows = torch.stack([self.pool.class_indices[c][torch.from_numpy(p)] for c, p in zip(classes, picks)])
+        rows = torch.stack(
+            [self.pool.class_indices[c][torch.from_numpy(p)] for c, p in zip(classes, picks, strict=True)]
+        )
         support, query = rows[:, : self.n_shot].reshape(-1), rows[:, self.n_shot :].reshape(-1)
         labels = torch.arange(self.n_way)
         task = Task(
@@ -86,7 +90,9 @@ class MetaBatchSampler(Sampler[list[int]]):
         fingerprint: str = "",
     ) -> None:
         if meta_batch_size % world_size:
-            raise DataError(f"meta_batch_size={meta_batch_size} must be divisible by the {world_size} processes")
+            raise DataError(
+                f"meta_batch_size={meta_batch_size} must be divisible by the {world_size} processes"
+            )
         self.meta_batch_size, self.meta_batches_per_epoch = meta_batch_size, meta_batches_per_epoch
         self.rank, self.world_size, self.fingerprint = rank, world_size, fingerprint
         self._next = 0
@@ -120,8 +126,8 @@ class MetaBatchSampler(Sampler[list[int]]):
         if state.get("fingerprint") != self.fingerprint:
             raise RuntimeError(
                 "The checkpoint was trained on a different data split (split fingerprint "
-                f"{state.get('fingerprint')!r}, this configuration gives {self.fingerprint!r}). Resume with the "
-                "data configuration the run was started with, or start a new run."
+                f"{state.get('fingerprint')!r}, this configuration gives {self.fingerprint!r}). "
+                "Resume with the data configuration the run was started with, or start a new run."
             )
         self._next = self._consumed = int(state["next_meta_batch"])
 

@@ -42,33 +42,109 @@ class MedMNISTInfo:
 
 
 MEDMNIST_2D: dict[str, MedMNISTInfo] = {
-    "pathmnist": MedMNISTInfo(3, "a8b06965200029087d5bd730944a56c1", (
-        "adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle", "normal colon mucosa",
-        "cancer-associated stroma", "colorectal adenocarcinoma epithelium")),
-    "chestmnist": MedMNISTInfo(1, "02c8a6516a18b556561a56cbdd36c4a8", (
-        "atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule", "pneumonia",
-        "pneumothorax", "consolidation", "edema", "emphysema", "fibrosis", "pleural", "hernia"),
-        multi_label=True),
-    "dermamnist": MedMNISTInfo(3, "0744692d530f8e62ec473284d019b0c7", (
-        "actinic keratoses and intraepithelial carcinoma", "basal cell carcinoma",
-        "benign keratosis-like lesions", "dermatofibroma", "melanoma", "melanocytic nevi", "vascular lesions")),
-    "octmnist": MedMNISTInfo(1, "c68d92d5b585d8d81f7112f81e2d0842", (
-        "choroidal neovascularization", "diabetic macular edema", "drusen", "normal")),
+    "pathmnist": MedMNISTInfo(
+        3,
+        "a8b06965200029087d5bd730944a56c1",
+        (
+            "adipose",
+            "background",
+            "debris",
+            "lymphocytes",
+            "mucus",
+            "smooth muscle",
+            "normal colon mucosa",
+            "cancer-associated stroma",
+            "colorectal adenocarcinoma epithelium",
+        ),
+    ),
+    "chestmnist": MedMNISTInfo(
+        1,
+        "02c8a6516a18b556561a56cbdd36c4a8",
+        (
+            "atelectasis",
+            "cardiomegaly",
+            "effusion",
+            "infiltration",
+            "mass",
+            "nodule",
+            "pneumonia",
+            "pneumothorax",
+            "consolidation",
+            "edema",
+            "emphysema",
+            "fibrosis",
+            "pleural",
+            "hernia",
+        ),
+        multi_label=True,
+    ),
+    "dermamnist": MedMNISTInfo(
+        3,
+        "0744692d530f8e62ec473284d019b0c7",
+        (
+            "actinic keratoses and intraepithelial carcinoma",
+            "basal cell carcinoma",
+            "benign keratosis-like lesions",
+            "dermatofibroma",
+            "melanoma",
+            "melanocytic nevi",
+            "vascular lesions",
+        ),
+    ),
+    "octmnist": MedMNISTInfo(
+        1,
+        "c68d92d5b585d8d81f7112f81e2d0842",
+        ("choroidal neovascularization", "diabetic macular edema", "drusen", "normal"),
+    ),
     "pneumoniamnist": MedMNISTInfo(1, "28209eda62fecd6e6a2d98b1501bb15f", ("normal", "pneumonia")),
     "retinamnist": MedMNISTInfo(3, "bd4c0672f1bba3e3a89f0e4e876791e4", ("0", "1", "2", "3", "4")),
     "breastmnist": MedMNISTInfo(1, "750601b1f35ba3300ea97c75c52ff8f6", ("malignant", "normal, benign")),
-    "bloodmnist": MedMNISTInfo(3, "7053d0359d879ad8a5505303e11de1dc", (
-        "basophil", "eosinophil", "erythroblast",
-        "immature granulocytes(myelocytes, metamyelocytes and promyelocytes)", "lymphocyte", "monocyte",
-        "neutrophil", "platelet")),
-    "tissuemnist": MedMNISTInfo(1, "ebe78ee8b05294063de985d821c1c34b", (
-        "Collecting Duct, Connecting Tubule", "Distal Convoluted Tubule", "Glomerular endothelial cells",
-        "Interstitial endothelial cells", "Leukocytes", "Podocytes", "Proximal Tubule Segments",
-        "Thick Ascending Limb")),
+    "bloodmnist": MedMNISTInfo(
+        3,
+        "7053d0359d879ad8a5505303e11de1dc",
+        (
+            "basophil",
+            "eosinophil",
+            "erythroblast",
+            "immature granulocytes(myelocytes, metamyelocytes and promyelocytes)",
+            "lymphocyte",
+            "monocyte",
+            "neutrophil",
+            "platelet",
+        ),
+    ),
+    "tissuemnist": MedMNISTInfo(
+        1,
+        "ebe78ee8b05294063de985d821c1c34b",
+        (
+            "Collecting Duct, Connecting Tubule",
+            "Distal Convoluted Tubule",
+            "Glomerular endothelial cells",
+            "Interstitial endothelial cells",
+            "Leukocytes",
+            "Podocytes",
+            "Proximal Tubule Segments",
+            "Thick Ascending Limb",
+        ),
+    ),
     **{
-        name: MedMNISTInfo(1, md5, (
-            "bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver",
-            "lung-left", "lung-right", "pancreas", "spleen"))
+        name: MedMNISTInfo(
+            1,
+            md5,
+            (
+                "bladder",
+                "femur-left",
+                "femur-right",
+                "heart",
+                "kidney-left",
+                "kidney-right",
+                "liver",
+                "lung-left",
+                "lung-right",
+                "pancreas",
+                "spleen",
+            ),
+        )
         for name, md5 in (
             ("organamnist", "68e3f8846a6bd62f0c9bf841c0d9eacc"),
             ("organcmnist", "b9ceb9546e10131b32923c5bbeaea2b1"),
@@ -106,7 +182,9 @@ def download(name: str, root: Path) -> Path:
         with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
             shutil.copyfileobj(response, out)
         if (got := md5sum(partial)) != info.md5:
-            raise DataError(f"{url} downloaded with MD5 {got}, expected {info.md5}; nothing was saved, try again")
+            raise DataError(
+                f"{url} downloaded with MD5 {got}, expected {info.md5}; nothing was saved, try again"
+            )
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
@@ -135,15 +213,17 @@ def locate(names: list[str], root: Path, allow_download: bool) -> dict[str, Path
             download(name, root)
         except OSError as error:
             raise MissingDataError(
-                f"Could not download {file_url(name)} ({error}); this machine seems to be offline. On a machine "
-                f"that is online, download\n{listed}\nand copy the files to {root}, or {where}."
+                f"Could not download {file_url(name)} ({error}); this machine seems to be offline. "
+                f"On a machine that is online, download\n{listed}\nand copy the files to {root}, or {where}."
             ) from error
     return paths
 
 
 def _to_nchw(images: np.ndarray, channels: int, path: Path, key: str) -> torch.Tensor:
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
-        raise DataError(f"{path}: {key} should be uint8 (N,H,W) or (N,H,W,C), got {images.dtype} {images.shape}")
+        raise DataError(
+            f"{path}: {key} should be uint8 (N,H,W) or (N,H,W,C), got {images.dtype} {images.shape}"
+        )
     tensor = torch.from_numpy(np.ascontiguousarray(images))
     tensor = tensor.unsqueeze(1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2)
     if tensor.shape[1] < channels:  # grayscale beside RGB datasets: repeat the channel
@@ -186,7 +266,9 @@ def load_pool(path: Path, name: str, labels: list[int], image_splits: list[str],
             targets.append(_single_labels(archive[f"{split}_labels"], info, path, f"{split}_labels"))
             images.append(_to_nchw(archive[f"{split}_images"], channels, path, f"{split}_images"))
     except (zipfile.BadZipFile, EOFError, OSError) as error:
-        raise DataError(f"{path} is not a readable .npz file ({error}); delete it and download it again") from error
+        raise DataError(
+            f"{path} is not a readable .npz file ({error}); delete it and download it again"
+        ) from error
     label_of = np.concatenate(targets)
     if (excluded := int((label_of < 0).sum())) > 0:
         log.info("%s: %d images with no or several findings are not in any class", name, excluded)

@@ -25,7 +25,9 @@ def parse_selector(selector: str, split: str) -> tuple[str, list[int]]:
         first, _, last = labels.partition("-")
         chosen = list(range(int(first), int(last or first) + 1))
     except ValueError:
-        raise DataError(f"data.{split}: cannot read {selector!r}; write 'dataset', 'dataset:3' or 'dataset:0-4'")
+        raise DataError(
+            f"data.{split}: cannot read {selector!r}; write 'dataset', 'dataset:3' or 'dataset:0-4'"
+        ) from None
     if not chosen or chosen[0] < 0 or chosen[-1] >= num_labels:
         raise DataError(f"data.{split}: {selector!r} names labels outside 0..{num_labels - 1} of {name}")
     return name, chosen
@@ -64,7 +66,9 @@ class MedMNISTEpisodes(EpisodicDataModule):
     ) -> None:
         super().__init__(**kwargs)
         self.selectors = {"meta_train": meta_train, "meta_val": meta_val, "meta_test": meta_test}
-        self.classes = {split: [parse_selector(s, split) for s in sel] for split, sel in self.selectors.items()}
+        self.classes = {
+            split: [parse_selector(s, split) for s in sel] for split, sel in self.selectors.items()
+        }
         unknown = set(image_splits or {}) - set(SPLITS)
         if unknown:
             raise DataError(f"data.image_splits: unknown key(s) {sorted(unknown)}; expected {list(SPLITS)}")
@@ -88,10 +92,12 @@ class MedMNISTEpisodes(EpisodicDataModule):
             labels_of: dict[str, list[int]] = {}
             for name, labels in chosen:
                 labels_of.setdefault(name, []).extend(labels)
-            pools[split] = ClassPool.concat([
-                medmnist.load_pool(paths[name], name, labels, self.image_splits[split], self.channels)
-                for name, labels in labels_of.items()
-            ])
+            pools[split] = ClassPool.concat(
+                [
+                    medmnist.load_pool(paths[name], name, labels, self.image_splits[split], self.channels)
+                    for name, labels in labels_of.items()
+                ]
+            )
         return pools
 
     def prepare_inputs(self, x: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
 from metaclinic.errors import DataError
 
 
@@ -48,7 +49,9 @@ class ClassPool:
 
     def check_enough_examples(self, needed: int, split: str, what: str) -> None:
         """Raises when a class has fewer examples than one episode needs, naming every such class."""
-        short = [(c.key, c.name, n) for c, n in zip(self.classes, self.class_sizes(), strict=True) if n < needed]
+        short = [
+            (c.key, c.name, n) for c, n in zip(self.classes, self.class_sizes(), strict=True) if n < needed
+        ]
         if short:
             listed = ", ".join(f"{key} ({name}): {n}" for key, name, n in short)
             raise DataError(

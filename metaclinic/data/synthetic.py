@@ -22,8 +22,9 @@ def write_synthetic_medmnist(
 
     Each class is a faint random 4x4 pattern (``128 ± contrast``, upsampled to 28x28) under pixel noise of
     standard deviation ``noise``: with the defaults an untrained Conv-4 adapted by MAML is near 50% on 5-way
-    2-shot episodes and a few dozen meta-training steps take it above 90%. ``per_class`` gives images per class in
-    every official split (or per split name); ``flat_labels`` stores labels as ``(N,)`` instead of ``(N, 1)``.
+    2-shot episodes and a few dozen meta-training steps take it above 90%. ``per_class`` gives images per
+    class in every official split (or per split name); ``flat_labels`` stores labels as ``(N,)``, not
+    ``(N, 1)``.
     """
     info, rng = dataset_info(name), np.random.default_rng(seed)
     num_classes, channels = len(info.labels), info.channels
@@ -41,7 +42,9 @@ def write_synthetic_medmnist(
             one_hot = np.eye(num_classes, dtype=np.uint8)[labels]
             arrays[f"{split}_labels"] = one_hot
         else:
-            arrays[f"{split}_labels"] = labels.astype(np.uint8) if flat_labels else labels[:, None].astype(np.uint8)
+            arrays[f"{split}_labels"] = (
+                labels.astype(np.uint8) if flat_labels else labels[:, None].astype(np.uint8)
+            )
         arrays[f"{split}_images"] = images
     root.mkdir(parents=True, exist_ok=True)
     path = root / f"{name}.npz"

@@ -46,7 +46,9 @@ class TaskBatch(Task):
 
     def __iter__(self) -> Iterator[Task]:
         for i in range(len(self)):
-            yield Task(self.support_x[i], self.support_y[i], self.query_x[i], self.query_y[i], self.classes[i])
+            yield Task(
+                self.support_x[i], self.support_y[i], self.query_x[i], self.query_y[i], self.classes[i]
+            )
 
     @classmethod
     def collate(cls, tasks: Sequence[tuple[Task, int]], meta_batch_size: int | None = None) -> TaskBatch:
