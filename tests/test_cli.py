@@ -72,13 +72,15 @@ def test_a_typo_inside_a_yaml_file_names_the_key(tmp_path: Path, capsys: pytest.
     assert "n_querry" in capsys.readouterr().err
 
 
-def run_fit(medmnist_root: Path, runs: Path, *extra: str) -> subprocess.CompletedProcess:
+def run_fit(
+    medmnist_root: Path, runs: Path, *extra: str, config: Path = REPO / "configs/quickstart.yaml"
+) -> subprocess.CompletedProcess:
     args = [
         sys.executable,
         "-m",
         "metaclinic.fit",
         "--config",
-        str(REPO / "configs/quickstart.yaml"),
+        str(config),
         f"--runs_dir={runs}",
         f"--data.init_args.root={medmnist_root}",
         "--data.init_args.download=false",
@@ -119,3 +121,21 @@ def test_missing_data_fails_with_the_expected_files(tmp_path: Path):
     assert "bloodmnist.npz" in result.stderr and "organamnist.npz" in result.stderr
     assert "zenodo.org/records/10519652" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c.name != "quickstart.yaml"], ids=lambda p: p.stem)
+def test_every_algorithm_config_trains_and_reports(config: Path, medmnist_root: Path, tmp_path: Path):
+    result = run_fit(
+        medmnist_root,
+        tmp_path,
+        "--trainer.max_steps=3",
+        "--data.init_args.meta_batches_per_epoch=3",
+        "--data.init_args.test_episodes=8",
+        "--model.init_args.backbone.init_args.hidden=8",
+        config=config,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (report_file,) = (tmp_path / config.stem).glob("*/meta_test_report.json")
+    report = json.loads(report_file.read_text())
+    assert report["episodes"] == 8
+    assert f"class_path: metaclinic.algorithms.{report['algorithm']}" in config.read_text()

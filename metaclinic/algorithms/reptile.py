@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from metaclinic.algorithms.maml import MAML
 from metaclinic.data.task import TaskBatch
+from metaclinic.errors import DataError
 
 
 class Reptile(MAML):
@@ -29,7 +30,9 @@ class Reptile(MAML):
     """
 
     def __init__(self, backbone: nn.Module, **kwargs) -> None:
-        super().__init__(backbone, **{**kwargs, "first_order": True})
+        if not kwargs.pop("first_order", True):
+            raise DataError("Reptile is first order by definition; remove model.init_args.first_order")
+        super().__init__(backbone, first_order=True, **kwargs)
         self.automatic_optimization = False
 
     def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
