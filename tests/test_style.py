@@ -17,5 +17,7 @@ RUFF = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.whi
 @pytest.mark.skipif(RUFF is None, reason="ruff is not installed")
 @pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["lint", "format"])
 def test_ruff(command: list[str]):
-    result = subprocess.run([RUFF, *command, "metaclinic", "tests"], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [RUFF, *command, "metaclinic", "tests", "scripts"], cwd=REPO, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
