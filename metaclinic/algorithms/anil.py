@@ -25,7 +25,6 @@ class ANIL(InnerLoopModule):
 
     def __init__(self, backbone: nn.Module, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.backbone = backbone
         head = nn.Linear(backbone.out_features, self.n_way)
         self.head = l2l.algorithms.MAML(head, lr=self.inner_lr, first_order=self.first_order)

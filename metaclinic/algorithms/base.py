@@ -42,6 +42,10 @@ class EpisodicModule(LightningModule):
         self, optimizer: OptimizerCallable = torch.optim.Adam, scheduler: LRSchedulerCallable | None = None
     ):
         super().__init__()
+        # Records the constructor arguments of the subclass too (Lightning walks the __init__ frames).
+        # Modules and factories are left out so checkpoints hold no pickled objects; the CLI stores their
+        # config instead, and code that loads a checkpoint by hand passes the backbone again.
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.val_loss, self.val_acc = MeanMetric(), MeanMetric()
         self.test_episode_acc = CatMetric()
@@ -141,7 +145,7 @@ class EpisodicModule(LightningModule):
         accuracy = Estimate.of(self.test_episode_acc.compute())
         self.test_episode_acc.reset()
         self.log_dict({"test/acc": accuracy.mean, "test/acc_ci95": accuracy.ci95})
-        data = self.trainer.datamodule if self._trainer is not None else None
+        data = self.trainer.datamodule
         self.test_report = MetaTestReport(
             algorithm=type(self).__name__,
             n_way=getattr(data, "n_way", -1),

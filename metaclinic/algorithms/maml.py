@@ -27,7 +27,6 @@ class MAML(InnerLoopModule):
 
     def __init__(self, backbone: nn.Module, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.learner = self.wrap(nn.Sequential(backbone, nn.Linear(backbone.out_features, self.n_way)))
 
     def wrap(self, network: nn.Module) -> nn.Module:

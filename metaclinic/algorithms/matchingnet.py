@@ -36,7 +36,6 @@ class MatchingNet(MetricModule):
         self, backbone: nn.Module, fce: bool = False, fce_steps: int = 5, temperature: float = 1.0, **kwargs
     ) -> None:
         super().__init__(backbone, **kwargs)
-        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.fce, self.fce_steps, self.temperature = fce, fce_steps, temperature
         if fce:
             size = self.embedding_size

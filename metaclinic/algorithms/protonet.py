@@ -35,7 +35,6 @@ class ProtoNet(MetricModule):
         **kwargs,
     ) -> None:
         super().__init__(backbone, **kwargs)
-        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.distance, self.temperature = distance, temperature
 
     def score_tasks(self, batch: TaskBatch) -> Tensor:

@@ -30,7 +30,6 @@ class RelationNet(MetricModule):
 
     def __init__(self, backbone: nn.Module, hidden: int = 64, **kwargs) -> None:
         super().__init__(backbone, **kwargs)
-        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         size = self.embedding_size
         self.relation = nn.Sequential(
             nn.Linear(2 * size, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1)

@@ -29,7 +29,6 @@ class Siamese(MetricModule):
 
     def __init__(self, backbone: nn.Module, **kwargs) -> None:
         super().__init__(backbone, **kwargs)
-        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.similarity = nn.Linear(self.embedding_size, 1)
 
     def score_tasks(self, batch: TaskBatch) -> Tensor:

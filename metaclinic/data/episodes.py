@@ -113,9 +113,6 @@ class MetaBatchSampler(Sampler[list[int]]):
             self._next = meta_batch + 1
             yield self.episodes(meta_batch)
 
-    def meta_batch_of(self, episode: int) -> int:
-        return episode // self.meta_batch_size
-
     def mark_consumed(self, meta_batch: int) -> None:
         self._consumed = meta_batch + 1
 
