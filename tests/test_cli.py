@@ -139,3 +139,18 @@ def test_every_algorithm_config_trains_and_reports(config: Path, medmnist_root: 
     report = json.loads(report_file.read_text())
     assert report["episodes"] == 8
     assert f"class_path: metaclinic.algorithms.{report['algorithm']}" in config.read_text()
+
+
+def test_ckpt_path_last_resumes_the_newest_run_in_its_directory(medmnist_root: Path, tmp_path: Path):
+    first = run_fit(medmnist_root, tmp_path, "--trainer.max_steps=50", "--trainer.logger=false")
+    assert first.returncode == 0, first.stderr[-3000:]
+    (run_dir,) = (tmp_path / "quickstart").iterdir()
+    resumed = run_fit(
+        medmnist_root, tmp_path, "--trainer.max_steps=60", "--trainer.logger=false", "--ckpt_path=last"
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "quickstart").iterdir()] == [run_dir.name]  # no new run directory
+    assert (
+        f"Restoring states from the checkpoint path at {run_dir / 'checkpoints/last.ckpt'}" in resumed.stderr
+    )
+    assert "Meta-test: MAML" in resumed.stdout and (run_dir / "meta_test_report.json").is_file()
