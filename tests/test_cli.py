@@ -150,7 +150,6 @@ def test_ckpt_path_last_resumes_the_newest_run_in_its_directory(medmnist_root: P
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [p.name for p in (tmp_path / "quickstart").iterdir()] == [run_dir.name]  # no new run directory
-    assert (
-        f"Restoring states from the checkpoint path at {run_dir / 'checkpoints/last.ckpt'}" in resumed.stderr
-    )
+    restoring = f"Restoring states from the checkpoint path at {run_dir / 'checkpoints/last.ckpt'}"
+    assert restoring in resumed.stdout + resumed.stderr
     assert "Meta-test: MAML" in resumed.stdout and (run_dir / "meta_test_report.json").is_file()
