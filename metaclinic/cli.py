@@ -11,7 +11,7 @@ from typing import Any
 from jsonargparse import Namespace
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _get_module_type, _InstantiatorFn
 from lightning.pytorch.loggers import WandbLogger
 
 from metaclinic.algorithms.base import EpisodicModule
@@ -33,6 +33,20 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 
 def _class_name(node: Any) -> str:
     return str(getattr(node, "class_path", "")).rsplit(".", 1)[-1]
+
+
+class _ModelInstantiator(_InstantiatorFn):
+    """Lightning's model instantiator, minus links that jsonargparse skipped.
+
+    A model without a backbone (the logistic-regression baselines) has no target for the link that sizes
+    backbones from the data; jsonargparse skips that link, but Lightning 2.6 still tries to record it among
+    the model's hyperparameters and fails.
+    """
+
+    def __call__(self, class_type: type, *args: Any, applied_instantiation_links: dict, **kwargs: Any) -> Any:
+        config = self.cli.config
+        present = {k: v for k, v in applied_instantiation_links.items() if k.rsplit(".", 1)[0] in config}
+        return super().__call__(class_type, *args, applied_instantiation_links=present, **kwargs)
 
 
 class MetaClinicCLI(LightningCLI):
@@ -58,6 +72,15 @@ class MetaClinicCLI(LightningCLI):
             **kwargs,
         )
 
+    def _add_instantiators(self) -> None:
+        super()._add_instantiators()
+        self.parser.add_instantiator(
+            _ModelInstantiator(cli=self, key="model"),
+            _get_module_type(self._model_class),
+            subclasses=self.subclass_mode_model,
+            prepend=True,
+        )
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
             "--run_name", type=str | None, default=None, help="default: the config file's name"
@@ -74,8 +97,8 @@ class MetaClinicCLI(LightningCLI):
         parser.link_arguments("data.init_args.n_way", "model.init_args.n_way")
         parser.link_arguments(
             "data",
-            "model.init_args.backbone.init_args.in_channels",
-            lambda d: d.example_shape[0],
+            "model.init_args.backbone.init_args.input_shape",
+            lambda d: tuple(d.example_shape),
             "instantiate",
         )
 
@@ -130,6 +153,8 @@ def meta_test(
     report = trainer.lightning_module.test_report
     assert report is not None
     report.checkpoint = os.path.relpath(ckpt_path, run_dir) if ckpt_path else None
+    # Equal fingerprints and seeds mean equal meta-test episodes: results can be compared pairwise.
+    report.extra.update(split_fingerprint=datamodule.split_fingerprint, eval_seed=datamodule.eval_seed)
     if trainer.is_global_zero:
         report.write(run_dir / REPORT_FILE)
         print("\n" + report.table() + f"\nReport: {run_dir / REPORT_FILE}\n", flush=True)

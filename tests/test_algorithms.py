@@ -47,7 +47,7 @@ METRIC = ["ProtoNet", "MatchingNet", "MatchingNetFCE", "RelationNet", "Siamese"]
 
 def build(name: str, **overrides):
     cls, settings = SETTINGS[name]
-    return cls(Conv4(in_channels=3, hidden=16), **{**settings, **overrides})
+    return cls(Conv4((3, 28, 28), hidden=16), **{**settings, **overrides})
 
 
 @pytest.mark.parametrize("name", SETTINGS)
@@ -65,7 +65,9 @@ def test_meta_training_lifts_accuracy_well_above_chance(name: str, make_datamodu
     assert accuracy.mean - accuracy.ci95 > 0.35, f"{name}: 5-way accuracy {accuracy} (chance is 20%)"
     assert accuracy.mean > before.mean + 0.1, f"{name} did not learn: {before} -> {accuracy}"
 
-    reloaded = type(model).load_from_checkpoint(tmp_path / "model.ckpt", backbone=Conv4(3, hidden=16))
+    reloaded = type(model).load_from_checkpoint(
+        tmp_path / "model.ckpt", backbone=Conv4((3, 28, 28), hidden=16)
+    )
     quiet_trainer().test(reloaded, datamodule=make_datamodule(), verbose=False)
     assert reloaded.test_report.metrics["accuracy"] == accuracy
 

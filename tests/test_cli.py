@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from metaclinic.cli import MetaClinicCLI
+from metaclinic.data.synthetic import write_synthetic_heart_disease
 
 from .conftest import REPO
 
@@ -36,6 +37,7 @@ def parse(capsys: pytest.CaptureFixture, *args: str) -> str:
 def test_every_config_parses(config: Path, capsys: pytest.CaptureFixture):
     printed = parse(capsys, "--config", str(config))
     assert "class_path: metaclinic.algorithms." in printed and "class_path: metaclinic.data." in printed
+    assert "input_shape:" not in config.read_text()  # linked from the data, never written by hand
 
 
 def test_dotted_overrides_reach_the_config(capsys: pytest.CaptureFixture):
@@ -123,7 +125,7 @@ def test_missing_data_fails_with_the_expected_files(tmp_path: Path):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("config", [c for c in CONFIGS if c.name != "quickstart.yaml"], ids=lambda p: p.stem)
+@pytest.mark.parametrize("config", sorted(REPO.glob("configs/*_medmnist.yaml")), ids=lambda p: p.stem)
 def test_every_algorithm_config_trains_and_reports(config: Path, medmnist_root: Path, tmp_path: Path):
     result = run_fit(
         medmnist_root,
@@ -153,3 +155,30 @@ def test_ckpt_path_last_resumes_the_newest_run_in_its_directory(medmnist_root: P
     restoring = f"Restoring states from the checkpoint path at {run_dir / 'checkpoints/last.ckpt'}"
     assert restoring in resumed.stdout + resumed.stderr
     assert "Meta-test: MAML" in resumed.stdout and (run_dir / "meta_test_report.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "metaclinic.algorithms.MAML",
+        "metaclinic.algorithms.ProtoNet",
+        "metaclinic.baselines.PooledLogisticRegression",
+    ],
+)
+def test_heart_disease_config_runs_on_generated_hospitals(model: str, tmp_path: Path):
+    write_synthetic_heart_disease(tmp_path / "data" / "uci_heart_disease", patients=60)
+    args = [
+        sys.executable, "-m", "metaclinic.fit", "--config", str(REPO / "configs/heart_disease_loho.yaml"),
+        f"--model={model}", f"--runs_dir={tmp_path / 'runs'}", "--trainer.logger=false",
+        "--trainer.max_steps=20", "--trainer.enable_progress_bar=false", "--data.init_args.test_episodes=40",
+    ]  # fmt: skip
+    env = {**os.environ, "METACLINIC_DATA_DIR": str(tmp_path / "data")}
+    result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (report_file,) = (tmp_path / "runs" / "heart_disease_loho").glob("*/meta_test_report.json")
+    report = json.loads(report_file.read_text())
+    assert report["algorithm"] == model.rsplit(".", 1)[1] and (report["n_way"], report["n_shot"]) == (2, 5)
+    assert set(report["metrics"]) == {"accuracy", "auroc"} and report["episodes"] == 40
+    assert report["extra"]["split_fingerprint"] and 0 <= report["metrics"]["auroc"]["mean"] <= 1
+    if model.endswith("PooledLogisticRegression"):  # learning itself is tested in test_table.py
+        assert report["metrics"]["auroc"]["mean"] > 0.65  # the generated diagnosis is learnable

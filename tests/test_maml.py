@@ -38,7 +38,7 @@ def make_maml(**overrides) -> MAML:
         optimizer=functools.partial(torch.optim.Adam, lr=3e-3),
     )
     settings.update(overrides)
-    return MAML(Conv4(in_channels=3, hidden=16), **settings)
+    return MAML(Conv4((3, 28, 28), hidden=16), **settings)
 
 
 def test_maml_meta_test_accuracy_rises_clearly_above_chance(make_datamodule):

@@ -10,9 +10,9 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import CatMetric, MeanMetric
-from torchmetrics.functional.classification import multiclass_accuracy
 
 from metaclinic.data.task import Task, TaskBatch
+from metaclinic.metrics import episode_accuracy, episode_auroc
 from metaclinic.report import Estimate, MetaTestReport
 
 
@@ -31,12 +31,15 @@ class EpisodicModule(LightningModule):
     query loss for the outer update. Validation and test do the same without the outer update; test keeps
     every episode's accuracy for the meta-test report (mean with a 95% confidence interval).
 
-    Logged: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``test/acc``, ``test/acc_ci95``.
+    Logged: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``test/acc``, ``test/acc_ci95``,
+    ``test/auroc``; the report holds accuracy and AUROC per episode as mean with 95% CI.
 
     Args:
         optimizer: builds the outer-loop (meta) optimizer from the parameters.
         scheduler: optionally builds a learning-rate scheduler, stepped every meta-batch.
     """
+
+    meta_trained = True  # False for baselines that have nothing to meta-train (fit goes straight to test)
 
     def __init__(
         self, optimizer: OptimizerCallable = torch.optim.Adam, scheduler: LRSchedulerCallable | None = None
@@ -48,7 +51,7 @@ class EpisodicModule(LightningModule):
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.val_loss, self.val_acc = MeanMetric(), MeanMetric()
-        self.test_episode_acc = CatMetric()
+        self.test_episode_acc, self.test_episode_auroc = CatMetric(), CatMetric()
         self.test_report: MetaTestReport | None = None
 
     # -- what an algorithm provides --------------------------------------------------------------------------
@@ -110,16 +113,8 @@ class EpisodicModule(LightningModule):
 
     def query_metrics(self, scores: Tensor, batch: TaskBatch) -> tuple[Tensor, Tensor]:
         """The query loss and every episode's accuracy, from the scores of ``score_tasks``."""
-        loss = self.query_loss(scores, batch)
         logits = self.class_logits(scores, batch)
-        accuracy = multiclass_accuracy(
-            logits.argmax(-1),
-            batch.query_y,
-            num_classes=batch.n_way,
-            average="micro",
-            multidim_average="samplewise",
-        )
-        return loss, accuracy
+        return self.query_loss(scores, batch), episode_accuracy(logits, batch.query_y)
 
     def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
         loss, accuracy = self._step(batch)
@@ -138,13 +133,17 @@ class EpisodicModule(LightningModule):
         self.log("val/acc", self.val_acc, prog_bar=True)
 
     def test_step(self, batch: TaskBatch, batch_idx: int) -> None:
-        _, accuracy = self._step(batch)
-        self.test_episode_acc.update(accuracy)
+        self.check_episode(batch)
+        logits = self.class_logits(self.score_tasks(batch), batch)
+        self.test_episode_acc.update(episode_accuracy(logits, batch.query_y))
+        self.test_episode_auroc.update(episode_auroc(logits, batch.query_y))
 
     def on_test_epoch_end(self) -> None:
         accuracy = Estimate.of(self.test_episode_acc.compute())
+        auroc = Estimate.of(self.test_episode_auroc.compute())
         self.test_episode_acc.reset()
-        self.log_dict({"test/acc": accuracy.mean, "test/acc_ci95": accuracy.ci95})
+        self.test_episode_auroc.reset()
+        self.log_dict({"test/acc": accuracy.mean, "test/acc_ci95": accuracy.ci95, "test/auroc": auroc.mean})
         data = self.trainer.datamodule
         self.test_report = MetaTestReport(
             algorithm=type(self).__name__,
@@ -152,7 +151,7 @@ class EpisodicModule(LightningModule):
             n_shot=getattr(data, "n_shot", -1),
             n_query=getattr(data, "n_query", -1),
             episodes=accuracy.n,
-            metrics={"accuracy": accuracy},
+            metrics={"accuracy": accuracy, "auroc": auroc},
         )
 
     # -- optimisation ----------------------------------------------------------------------------------------

@@ -2,8 +2,11 @@
 
 from metaclinic.data.datamodule import EpisodicDataModule
 from metaclinic.data.episodes import EpisodeDataset, MetaBatchSampler
+from metaclinic.data.image_folder import ImageFolderEpisodes
 from metaclinic.data.medmnist_datamodule import MedMNISTEpisodes
 from metaclinic.data.pool import ClassInfo, ClassPool
+from metaclinic.data.table import TableSpec
+from metaclinic.data.table_datamodule import TableEpisodes
 from metaclinic.data.task import Task, TaskBatch
 
 __all__ = [
@@ -11,8 +14,11 @@ __all__ = [
     "ClassPool",
     "EpisodeDataset",
     "EpisodicDataModule",
+    "ImageFolderEpisodes",
     "MedMNISTEpisodes",
     "MetaBatchSampler",
+    "TableEpisodes",
+    "TableSpec",
     "Task",
     "TaskBatch",
 ]

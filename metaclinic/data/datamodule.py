@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +21,12 @@ from metaclinic.errors import DataError
 log = logging.getLogger(__name__)
 
 SPLITS = ("meta_train", "meta_val", "meta_test")
+DATA_DIR_ENV = "METACLINIC_DATA_DIR"
+
+
+def default_data_root() -> Path:
+    """Where data sources look for relative paths: ``$METACLINIC_DATA_DIR``, else ``./data``."""
+    return Path(os.environ.get(DATA_DIR_ENV, "data"))
 
 
 def check_disjoint(pools: dict[str, ClassPool]) -> None:
@@ -106,22 +114,64 @@ class EpisodicDataModule(LightningDataModule):
         """Turns stored examples into model inputs on the device (e.g. uint8 images to floats)."""
         return x
 
+    def supervised_data(self, split: str = "meta_train") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """Every example of ``split`` with a class target, for supervised baselines.
+
+        Returns model inputs, targets and their names: targets index the sorted distinct
+        :attr:`ClassInfo.target` of the split, so the same diagnosis in several hospitals is one target.
+        """
+        assert self.pools is not None, "call setup() first"
+        pool = self.pools[split]
+        names = sorted({c.target for c in pool.classes})
+        index = torch.cat(pool.class_indices)
+        targets = torch.cat(
+            [
+                torch.full((len(rows),), names.index(c.target), dtype=torch.long)
+                for c, rows in zip(pool.classes, pool.class_indices, strict=True)
+            ]
+        )
+        return self.prepare_inputs(pool.examples[index]), targets, names
+
     # -- Lightning hooks -------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.pools is not None:
             return
         pools = self.build_pools()
         check_disjoint(pools)
-        needed = self.n_shot + self.n_query
-        for split, pool in pools.items():
+        self.pools = pools
+        try:
+            for split, pool in pools.items():
+                self._check_pool(split, pool)
+        except DataError:
+            self.pools = None
+            raise
+
+    def _check_pool(self, split: str, pool: ClassPool) -> None:
+        """Raises unless ``split`` can make episodes; meta-val may be empty (no validation then)."""
+        if split == "meta_val" and pool.num_classes == 0:
+            log.info("meta_val: no classes, so training runs without validation")
+            return
+        needed, what = self.n_shot + self.n_query, f"n_shot + n_query = {self.n_shot} + {self.n_query}"
+        if pool.same_domain_episodes and split == "meta_train":
+            short = pool.short_classes(needed)
+            if short:  # e.g. a hospital with too few patients of one diagnosis for this many shots
+                log.warning(
+                    "meta_train: classes with fewer than %d %s (%s) are left out of meta-training episodes; "
+                    "they still shape preprocessing and supervised baselines: %s",
+                    needed,
+                    pool.unit_name,
+                    what,
+                    short,
+                )
+        else:
             if pool.num_classes < self.n_way:
                 raise DataError(
                     f"{split} has {pool.num_classes} classes, fewer than n_way={self.n_way}: "
                     f"{[c.key for c in pool.classes]}"
                 )
-            pool.check_enough_examples(needed, split, f"n_shot + n_query = {self.n_shot} + {self.n_query}")
-            log.info("%s: %d classes, %d examples", split, pool.num_classes, len(pool.examples))
-        self.pools = pools
+            pool.check_enough_examples(needed, split, what)
+        self._episodes(split, self.seed)  # raises if no episode can be drawn (e.g. no domain fills one)
+        log.info("%s: %d classes, %d examples", split, pool.num_classes, sum(pool.class_sizes()))
 
     @property
     def split_fingerprint(self) -> str:
@@ -159,7 +209,10 @@ class EpisodicDataModule(LightningDataModule):
             num_workers=self.num_workers,
         )
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list:
+        assert self.pools is not None, "call setup() first"
+        if self.pools["meta_val"].num_classes == 0:
+            return []  # Lightning skips validation
         return self._eval_loader("meta_val", self.val_episodes)
 
     def test_dataloader(self) -> DataLoader:

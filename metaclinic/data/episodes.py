@@ -23,7 +23,10 @@ class EpisodeDataset(Dataset):
     """Maps an episode index to an N-way K-shot task drawn from ``pool``.
 
     Classes are drawn without replacement and given local labels in the order drawn, so label ids carry
-    no information across episodes. Support and query examples of a class never overlap.
+    no information across episodes. Support and query examples of a class never overlap. When the pool
+    groups examples by patient, an episode draws distinct patients (one example each) and no patient
+    appears twice in it; when the pool asks for same-domain episodes, all classes of an episode come from
+    one domain, drawn uniformly among the domains that can fill an episode.
     """
 
     def __init__(
@@ -36,14 +39,28 @@ class EpisodeDataset(Dataset):
         stream: int,
         num_episodes: int | None = None,
     ) -> None:
-        if pool.num_classes < n_way:
-            raise DataError(
-                f"{n_way}-way episodes need at least {n_way} classes; the pool has {pool.num_classes}"
-            )
-        pool.check_enough_examples(n_shot + n_query, split=f"stream {stream}", what=f"{n_shot}+{n_query}")
+        needed = n_shot + n_query
+        if pool.same_domain_episodes:
+            eligible = set(pool.eligible_classes(needed))
+            candidates = [[c for c in ids if c in eligible] for ids in pool.domains().values()]
+            self._domains = [np.array(ids) for ids in candidates if len(ids) >= n_way]
+            if not self._domains:
+                raise DataError(
+                    f"stream {stream}: no domain has {n_way} classes with {needed} {pool.unit_name} each "
+                    f"(n_shot + n_query); too small: {pool.short_classes(needed)}"
+                )
+        else:
+            if pool.num_classes < n_way:
+                raise DataError(
+                    f"{n_way}-way episodes need at least {n_way} classes; the pool has {pool.num_classes}"
+                )
+            pool.check_enough_examples(needed, split=f"stream {stream}", what=f"{n_shot}+{n_query}")
+            self._domains = [np.arange(pool.num_classes)]
         self.pool, self.n_way, self.n_shot, self.n_query = pool, n_way, n_shot, n_query
         self.seed, self.stream, self.num_episodes = seed, stream, num_episodes
         self._sizes = np.array(pool.class_sizes())
+        grouped = pool.groups is not None
+        self._patients = [_patients_of(pool, c) for c in range(pool.num_classes)] if grouped else None
 
     def __len__(self) -> int:
         if self.num_episodes is None:
@@ -52,12 +69,11 @@ class EpisodeDataset(Dataset):
 
     def __getitem__(self, episode: int) -> tuple[Task, int]:
         rng = np.random.default_rng([self.seed, self.stream, episode])
-        classes = rng.choice(self.pool.num_classes, size=self.n_way, replace=False)
-        per_class = self.n_shot + self.n_query
-        picks = np.stack([rng.choice(self._sizes[c], size=per_class, replace=False) for c in classes])
-        rows = torch.stack(
-            [self.pool.class_indices[c][torch.from_numpy(p)] for c, p in zip(classes, picks, strict=True)]
-        )
+        # Only same-domain pools draw a domain, so other pools keep the episodes of earlier versions.
+        domain = self._domains[rng.integers(len(self._domains))] if self.pool.same_domain_episodes else None
+        domain = self._domains[0] if domain is None else domain
+        classes = domain[rng.choice(len(domain), size=self.n_way, replace=False)]
+        rows = self._draw_examples(rng, classes, episode)
         support, query = rows[:, : self.n_shot].reshape(-1), rows[:, self.n_shot :].reshape(-1)
         labels = torch.arange(self.n_way)
         task = Task(
@@ -68,6 +84,39 @@ class EpisodeDataset(Dataset):
             classes=torch.from_numpy(classes).long(),
         )
         return task, episode
+
+    def _draw_examples(self, rng: np.random.Generator, classes: np.ndarray, episode: int) -> torch.Tensor:
+        """Example indices ``(n_way, n_shot + n_query)``: support first, then query, per class."""
+        per_class = self.n_shot + self.n_query
+        if self._patients is None:
+            picks = np.stack([rng.choice(self._sizes[c], size=per_class, replace=False) for c in classes])
+            return torch.stack(
+                [self.pool.class_indices[c][torch.from_numpy(p)] for c, p in zip(classes, picks, strict=True)]
+            )
+        used: set[int] = set()
+        rows = []
+        for c in classes:
+            patients = [p for p in self._patients[c] if p[0] not in used]
+            if len(patients) < per_class:
+                info = self.pool.classes[c]
+                raise DataError(
+                    f"episode {episode} of stream {self.stream}: class {info.key} has {len(patients)} "
+                    f"patients not already drawn for another class of this episode; {per_class} are needed"
+                )
+            chosen = [patients[i] for i in rng.choice(len(patients), size=per_class, replace=False)]
+            used.update(patient for patient, _ in chosen)
+            rows.append([examples[rng.integers(len(examples))] for _, examples in chosen])
+        return torch.tensor(rows, dtype=torch.long)
+
+
+def _patients_of(pool: ClassPool, c: int) -> list[tuple[int, np.ndarray]]:
+    """``(patient id, example indices)`` of every patient with examples in class ``c``, by patient id."""
+    assert pool.groups is not None
+    examples = pool.class_indices[c].numpy()
+    groups = pool.groups[pool.class_indices[c]].numpy()
+    order = np.argsort(groups, kind="stable")
+    patients, starts = np.unique(groups[order], return_index=True)
+    return [(int(p), examples[chunk]) for p, chunk in zip(patients, np.split(order, starts[1:]), strict=True)]
 
 
 class MetaBatchSampler(Sampler[list[int]]):

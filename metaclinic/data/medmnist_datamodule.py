@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
 from metaclinic.data import medmnist
-from metaclinic.data.datamodule import SPLITS, EpisodicDataModule
+from metaclinic.data.datamodule import SPLITS, EpisodicDataModule, default_data_root
+from metaclinic.data.image_folder import images_to_unit_range
 from metaclinic.data.pool import ClassPool
 from metaclinic.errors import DataError
 
@@ -73,7 +73,7 @@ class MedMNISTEpisodes(EpisodicDataModule):
         if unknown:
             raise DataError(f"data.image_splits: unknown key(s) {sorted(unknown)}; expected {list(SPLITS)}")
         self.image_splits = {**DEFAULT_IMAGE_SPLITS, **(image_splits or {})}
-        self.root = Path(root) if root else Path(os.environ.get("METACLINIC_DATA_DIR", "data")) / "medmnist"
+        self.root = Path(root) if root else default_data_root() / "medmnist"
         self.download = download
         self.datasets = sorted({name for chosen in self.classes.values() for name, _ in chosen})
         self.channels = max(medmnist.dataset_info(name).channels for name in self.datasets)
@@ -101,5 +101,4 @@ class MedMNISTEpisodes(EpisodicDataModule):
         return pools
 
     def prepare_inputs(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 images to floats in [-1, 1]."""
-        return x.float().div_(127.5).sub_(1.0)
+        return images_to_unit_range(x)

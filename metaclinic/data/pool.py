@@ -13,11 +13,21 @@ from metaclinic.errors import DataError
 
 @dataclass(frozen=True)
 class ClassInfo:
-    """One class of the pool. ``key`` is how configs name it (``"bloodmnist:3"``); ``domain`` its source."""
+    """One class of the pool.
+
+    ``key`` is how configs name it (``"bloodmnist:3"``, ``"cleveland/1"``), ``domain`` its source (a dataset,
+    a hospital, a label column) and ``label`` the outcome it stands for across domains (``"1"`` for the
+    diseased patients of every hospital), which supervised baselines pool over; by default the key.
+    """
 
     key: str
     name: str
     domain: str
+    label: str = ""
+
+    @property
+    def target(self) -> str:
+        return self.label or self.key
 
 
 @dataclass
@@ -25,15 +35,24 @@ class ClassPool:
     """All examples of one meta-split in a single tensor, with the indices of each class.
 
     Keeping examples in one tensor makes an episode a single gather, whatever the number of classes.
+
+    ``groups`` (optional, one integer per example) marks examples of the same patient: an episode then
+    draws distinct patients, and never puts one patient in both its support and its query set.
+    ``same_domain_episodes`` makes every episode draw its classes from a single domain (one hospital, one
+    label column), so that a task is "diagnose in this hospital", not a mix of hospitals.
     """
 
     examples: Tensor
     class_indices: list[Tensor]
     classes: list[ClassInfo]
+    groups: Tensor | None = None
+    same_domain_episodes: bool = False
 
     def __post_init__(self) -> None:
         if len(self.class_indices) != len(self.classes):
             raise DataError("ClassPool needs one index tensor per class")
+        if self.groups is not None and len(self.groups) != len(self.examples):
+            raise DataError("ClassPool needs one group id per example")
 
     @property
     def num_classes(self) -> int:
@@ -42,26 +61,54 @@ class ClassPool:
     def class_sizes(self) -> list[int]:
         return [len(idx) for idx in self.class_indices]
 
+    def class_units(self) -> list[int]:
+        """What one class can give an episode: its distinct patients when grouped, else its examples."""
+        if self.groups is None:
+            return self.class_sizes()
+        return [len(torch.unique(self.groups[idx])) for idx in self.class_indices]
+
+    @property
+    def unit_name(self) -> str:
+        return "patients" if self.groups is not None else "examples"
+
+    def domains(self) -> dict[str, list[int]]:
+        """Class ids of each domain, in class order."""
+        by_domain: dict[str, list[int]] = {}
+        for i, info in enumerate(self.classes):
+            by_domain.setdefault(info.domain, []).append(i)
+        return by_domain
+
+    def eligible_classes(self, needed: int) -> list[int]:
+        """Classes with at least ``needed`` units (examples or patients)."""
+        return [i for i, n in enumerate(self.class_units()) if n >= needed]
+
     def fingerprint(self) -> str:
         """A short hash of the class keys and their sizes: identifies the split in checkpoints."""
         text = ";".join(f"{c.key}={n}" for c, n in zip(self.classes, self.class_sizes(), strict=True))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    def short_classes(self, needed: int) -> str:
+        """The classes with fewer than ``needed`` units, listed for a message ("" when there are none)."""
+        return ", ".join(
+            f"{c.key} ({c.name}): {n}"
+            for c, n in zip(self.classes, self.class_units(), strict=True)
+            if n < needed
+        )
+
     def check_enough_examples(self, needed: int, split: str, what: str) -> None:
-        """Raises when a class has fewer examples than one episode needs, naming every such class."""
-        short = [
-            (c.key, c.name, n) for c, n in zip(self.classes, self.class_sizes(), strict=True) if n < needed
-        ]
-        if short:
-            listed = ", ".join(f"{key} ({name}): {n}" for key, name, n in short)
+        """Raises when a class has fewer examples (patients) than an episode needs, naming each such class."""
+        listed = self.short_classes(needed)
+        if listed:
             raise DataError(
-                f"{split}: {len(short)} class(es) have fewer than {needed} examples, which {what} needs: "
+                f"{split}: some classes have fewer than {needed} {self.unit_name}, which {what} needs: "
                 f"{listed}. Lower n_shot/n_query, or move these classes out of {split}."
             )
 
     @staticmethod
     def concat(pools: list[ClassPool]) -> ClassPool:
-        """Joins pools (e.g. one per dataset) into one, shifting each pool's indices."""
+        """Joins ungrouped pools (e.g. one per dataset) into one, shifting each pool's indices."""
+        if any(p.groups is not None or p.same_domain_episodes for p in pools):
+            raise DataError("ClassPool.concat joins ungrouped pools only")
         offset, indices, classes = 0, [], []
         for pool in pools:
             indices += [idx + offset for idx in pool.class_indices]

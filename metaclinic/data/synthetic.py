@@ -50,3 +50,62 @@ def write_synthetic_medmnist(
     path = root / f"{name}.npz"
     np.savez(path, **arrays)
     return path
+
+
+HEART_COLUMNS = (
+    "age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang", "oldpeak", "slope", "ca",
+    "thal", "num",
+)  # fmt: skip
+HEART_HOSPITALS = {"cleveland": 0.0, "hungarian": -0.8, "switzerland": 1.5, "va": 0.9}  # case-mix shifts
+
+
+def write_synthetic_heart_disease(root: Path, patients: int = 80, seed: int = 0) -> dict[str, Path]:
+    """Writes ``root/processed.<hospital>.data`` for the four UCI Heart Disease hospitals: made-up patients.
+
+    Same layout as the real files (14 columns, no header, ``?`` for missing, ``num`` 0-4), so that
+    ``configs/heart_disease_loho.yaml`` runs on it unchanged. The diagnosis follows a noisy logistic model
+    of chest-pain type, exercise angina, ST depression, maximum heart rate and vessels, with a different
+    prevalence per hospital; as in the real data, Switzerland has no cholesterol values (written as 0) and
+    Cleveland writes numbers with a decimal point.
+    """
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for hospital, shift in HEART_HOSPITALS.items():
+        n = patients
+        cp = rng.integers(1, 5, n)
+        exang = rng.integers(0, 2, n)
+        oldpeak = np.round(rng.exponential(1.0, n), 1)
+        thalach = np.round(rng.normal(140, 22, n))
+        ca = rng.integers(0, 4, n)
+        risk = 1.2 * (cp == 4) + 1.0 * exang + 0.8 * oldpeak - 0.03 * (thalach - 140) + 0.5 * ca - 1.4 + shift
+        diseased = rng.random(n) < 1 / (1 + np.exp(-risk))
+        columns = {
+            "age": np.round(rng.normal(54, 9, n)),
+            "sex": rng.integers(0, 2, n),
+            "cp": cp,
+            "trestbps": np.round(rng.normal(132, 17, n)),
+            "chol": np.zeros(n) if hospital == "switzerland" else np.round(rng.normal(245, 50, n)),
+            "fbs": rng.integers(0, 2, n),
+            "restecg": rng.integers(0, 3, n),
+            "thalach": thalach,
+            "exang": exang,
+            "oldpeak": oldpeak,
+            "slope": rng.integers(1, 4, n),
+            "ca": ca,
+            "thal": rng.choice([3, 6, 7], n),
+            "num": np.where(diseased, rng.integers(1, 5, n), 0),
+        }
+        decimal = hospital == "cleveland"
+        cells = np.array(
+            [
+                [f"{float(v):.1f}" if decimal and c != "num" else f"{v:g}" for v in columns[c]]
+                for c in HEART_COLUMNS
+            ]
+        ).T
+        for column in ("ca", "thal", "slope", "trestbps"):  # scattered missing values
+            cells[rng.random(n) < 0.1, HEART_COLUMNS.index(column)] = "?"
+        path = root / f"processed.{hospital}.data"
+        path.write_text("".join(",".join(row) + "\n" for row in cells))
+        paths[hospital] = path
+    return paths

@@ -1,5 +1,10 @@
-"""Backbones: networks that map one example to an embedding vector (``out_features`` wide)."""
+"""Backbones: networks that map one example to an embedding vector (``out_features`` wide).
+
+Every backbone takes the shape of one example as ``input_shape``; the command line links it to the data
+module's ``example_shape``, so a config never repeats it.
+"""
 
 from metaclinic.models.conv4 import Conv4
+from metaclinic.models.mlp import MLP
 
-__all__ = ["Conv4"]
+__all__ = ["MLP", "Conv4"]

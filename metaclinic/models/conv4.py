@@ -15,17 +15,22 @@ class Conv4(nn.Module):
     the order episodes were seen.
 
     Args:
-        in_channels: channels of the input images.
-        image_size: height and width of the (square) input images; sets ``out_features``.
+        input_shape: ``(channels, height, width)`` of one image; the command line fills it in from the data.
         hidden: filters in every block.
         track_running_stats: keep BatchNorm running averages and use them in eval mode.
     """
 
     def __init__(
-        self, in_channels: int = 3, image_size: int = 28, hidden: int = 64, track_running_stats: bool = False
+        self,
+        input_shape: tuple[int, int, int] = (3, 28, 28),
+        hidden: int = 64,
+        track_running_stats: bool = False,
     ) -> None:
         super().__init__()
-        blocks, channels, size = [], in_channels, image_size
+        if len(input_shape) != 3:
+            raise ValueError(f"Conv4 takes images (channels, height, width), got input_shape={input_shape}")
+        channels, height, width = input_shape
+        blocks = []
         for _ in range(4):
             blocks += [
                 nn.Conv2d(channels, hidden, kernel_size=3, padding=1),
@@ -33,13 +38,13 @@ class Conv4(nn.Module):
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(2),
             ]
-            channels, size = hidden, size // 2
-        if size < 1:
-            raise ValueError(f"Conv4 needs images of at least 16x16 pixels, got image_size={image_size}")
-        self.in_channels, self.image_size = in_channels, image_size
+            channels, height, width = hidden, height // 2, width // 2
+        if height < 1 or width < 1:
+            raise ValueError(f"Conv4 needs images of at least 16x16 pixels, got input_shape={input_shape}")
+        self.input_shape = tuple(input_shape)
         self.features = nn.Sequential(*blocks)
-        self.out_features = hidden * size * size
+        self.out_features = hidden * height * width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(batch, in_channels, image_size, image_size)`` -> ``(batch, out_features)``."""
+        """``(batch, *input_shape)`` -> ``(batch, out_features)``."""
         return self.features(x).flatten(1)
