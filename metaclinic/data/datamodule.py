@@ -161,7 +161,7 @@ class EpisodicDataModule(LightningDataModule):
                     needed,
                     pool.unit_name,
                     what,
-                    short,
+                    ", ".join(short),
                 )
         else:
             if pool.num_classes < self.n_way:

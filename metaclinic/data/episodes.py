@@ -47,7 +47,7 @@ class EpisodeDataset(Dataset):
             if not self._domains:
                 raise DataError(
                     f"stream {stream}: no domain has {n_way} classes with {needed} {pool.unit_name} each "
-                    f"(n_shot + n_query); too small: {pool.short_classes(needed)}"
+                    f"(n_shot + n_query); too small: {', '.join(pool.short_classes(needed))}"
                 )
         else:
             if pool.num_classes < n_way:

@@ -87,21 +87,21 @@ class ClassPool:
         text = ";".join(f"{c.key}={n}" for c, n in zip(self.classes, self.class_sizes(), strict=True))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def short_classes(self, needed: int) -> str:
-        """The classes with fewer than ``needed`` units, listed for a message ("" when there are none)."""
-        return ", ".join(
+    def short_classes(self, needed: int) -> list[str]:
+        """The classes with fewer than ``needed`` units, as ``"key (name): count"`` for messages."""
+        return [
             f"{c.key} ({c.name}): {n}"
             for c, n in zip(self.classes, self.class_units(), strict=True)
             if n < needed
-        )
+        ]
 
     def check_enough_examples(self, needed: int, split: str, what: str) -> None:
         """Raises when a class has fewer examples (patients) than an episode needs, naming each such class."""
-        listed = self.short_classes(needed)
-        if listed:
+        short = self.short_classes(needed)
+        if short:
             raise DataError(
-                f"{split}: some classes have fewer than {needed} {self.unit_name}, which {what} needs: "
-                f"{listed}. Lower n_shot/n_query, or move these classes out of {split}."
+                f"{split}: {len(short)} class(es) have fewer than {needed} {self.unit_name}, which {what} "
+                f"needs: {', '.join(short)}. Lower n_shot/n_query, or move these classes out of {split}."
             )
 
     @staticmethod
