@@ -2,7 +2,7 @@
 Effectiveness of MAML", ICLR 2020, https://arxiv.org/abs/1909.09157.
 
 Almost No Inner Loop: only the linear head adapts to the support set; the backbone is meta-learned in
-the outer loop alone. The backbone runs once for the whole meta-batch.
+the outer loop alone. The backbone embeds the whole meta-batch before any inner loop runs.
 """
 
 from __future__ import annotations

@@ -81,11 +81,12 @@ class EpisodicModule(LightningModule):
     def embed_episodes(self, backbone: nn.Module, batch: TaskBatch) -> tuple[Tensor, Tensor]:
         """Support and query embeddings ``(tasks, n_support, d)``, ``(tasks, n_query_total, d)``.
 
-        One backbone call for the whole meta-batch; except that at evaluation a backbone whose batch norm
-        uses batch statistics embeds each episode on its own, so that no episode's result depends on the
-        others evaluated beside it.
+        One backbone call for the whole meta-batch; except that a backbone whose batch norm uses batch
+        statistics embeds each episode on its own, in training as in evaluation, so that an episode is
+        normalised with its own statistics whatever else is in its meta-batch or its process (the same
+        meta-batch split over several GPUs gives the same result as on one).
         """
-        if not self.training and uses_batch_statistics(backbone):
+        if uses_batch_statistics(backbone):
             pairs = [
                 self.embed_episodes_jointly(backbone, batch.support_x[i : i + 1], batch.query_x[i : i + 1])
                 for i in range(len(batch))

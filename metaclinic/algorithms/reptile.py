@@ -46,10 +46,13 @@ class Reptile(MAML):
                 total.add_(old.detach() - new.detach(), alpha=1 / len(batch))
             with torch.no_grad():
                 logits.append(adapted(task.query_x))
+        # Each process averaged over its own tasks; averaging over processes gives the global mean (no
+        # backward pass runs, so DDP's gradient hooks never fire: the reduction is explicit).
+        flat = self.trainer.strategy.reduce(torch.cat([s.flatten() for s in step]), reduce_op="mean")
         optimizer = self.optimizers()
         optimizer.zero_grad()
-        for param, grad in zip(params, step, strict=True):
-            param.grad = grad
+        for param, grad in zip(params, flat.split([p.numel() for p in params]), strict=True):
+            param.grad = grad.view_as(param)
         optimizer.step()
         if (scheduler := self.lr_schedulers()) is not None:
             scheduler.step()

@@ -187,8 +187,7 @@ class EpisodicDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        rank, world = self._rank_and_world()
         if self._train_sampler is None:
             self._train_sampler = MetaBatchSampler(
                 self.meta_batch_size, self.meta_batches_per_epoch, rank, world, self.split_fingerprint
@@ -202,12 +201,23 @@ class EpisodicDataModule(LightningDataModule):
         )
 
     def _eval_loader(self, split: str, num_episodes: int) -> DataLoader:
+        """The fixed episodes of ``split``; with several processes each takes every world_size-th one.
+
+        No episode is padded or repeated (as DistributedSampler would do), so the gathered per-episode
+        metrics are exactly those of a single process.
+        """
+        rank, world = self._rank_and_world()
         return DataLoader(
             self._episodes(split, self.eval_seed, num_episodes),
+            sampler=range(rank, num_episodes, world),
             batch_size=self.eval_meta_batch_size,
             collate_fn=TaskBatch.collate,
             num_workers=self.num_workers,
         )
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def val_dataloader(self) -> DataLoader | list:
         assert self.pools is not None, "call setup() first"

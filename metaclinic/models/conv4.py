@@ -12,7 +12,9 @@ class Conv4(nn.Module):
     The backbone of Vinyals et al. (2016), Finn et al. (2017) and Snell et al. (2017). Batch norm uses the
     statistics of the current batch by default (``track_running_stats=False``), as in the original MAML
     code: running averages mix support and query sets of unrelated tasks and make evaluation depend on
-    the order episodes were seen.
+    the order episodes were seen. The convolutions have no bias: batch norm subtracts it again, so its
+    gradient is zero up to rounding, and Adam would turn that rounding noise into full-size random steps
+    (which made runs differ between one and several processes).
 
     Args:
         input_shape: ``(channels, height, width)`` of one image; the command line fills it in from the data.
@@ -33,7 +35,7 @@ class Conv4(nn.Module):
         blocks = []
         for _ in range(4):
             blocks += [
-                nn.Conv2d(channels, hidden, kernel_size=3, padding=1),
+                nn.Conv2d(channels, hidden, kernel_size=3, padding=1, bias=False),
                 nn.BatchNorm2d(hidden, track_running_stats=track_running_stats),
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(2),
