@@ -297,20 +297,21 @@ def test_a_label_column_with_one_value_is_an_error(tmp_path: Path):
         site_episodes(write_csv(frame, tmp_path / "t.csv")).setup()
 
 
+def table_with_cell(path: Path, column: str, index: int, text: str) -> Path:
+    """A clinic table whose ``column`` holds ``text`` in data row ``index + 1``."""
+    frame = clinic_table(16).astype({column: object})
+    frame.loc[index, column] = text
+    return write_csv(frame, path)
+
+
 def test_text_in_a_numeric_column_names_file_column_and_row(tmp_path: Path):
-    frame = clinic_table(16)
-    frame["age"] = frame["age"].astype(object)
-    frame.loc[2, "age"] = "fifty"
-    path = write_csv(frame, tmp_path / "t.csv")
+    path = table_with_cell(tmp_path / "t.csv", "age", 2, "fifty")
     with pytest.raises(DataError, match=rf"column 'age' must be numeric.*{path}, row 3\b"):
         site_episodes(path).setup()
 
 
 def test_nan_left_after_the_missing_markers_is_an_error(tmp_path: Path):
-    frame = clinic_table(16)
-    frame["marker"] = frame["marker"].astype(object)
-    frame.loc[5, "marker"] = "NaN"
-    path = write_csv(frame, tmp_path / "t.csv")
+    path = table_with_cell(tmp_path / "t.csv", "marker", 5, "NaN")
     with pytest.raises(DataError, match=rf"'marker' has 1 NaN/inf cell.*{path}, row 6"):
         site_episodes(path).setup()
     data = site_episodes(path)
