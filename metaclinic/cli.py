@@ -15,8 +15,11 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _get_mo
 from lightning.pytorch.loggers import WandbLogger
 
 from metaclinic.algorithms.base import EpisodicModule
+from metaclinic.callbacks import CheckpointOnSigterm, MetaBatchSeeding
+from metaclinic.callbacks import ModelCheckpoint as StepEndCheckpoint
 from metaclinic.data.datamodule import EpisodicDataModule
 from metaclinic.report import MetaTestReport
+from metaclinic.tracking import WandbLogger as SafeWandbLogger
 
 log = logging.getLogger("metaclinic")
 
@@ -54,6 +57,11 @@ class MetaClinicCLI(LightningCLI):
 
     Each run writes into ``<runs_dir>/<run_name>/<timestamp>/``: the resolved ``config.yaml``,
     ``checkpoints/`` (best on ``val/acc`` and ``last``), the W&B run and ``meta_test_report.json``.
+
+    So that a stopped run resumes exactly, every run gets :class:`~metaclinic.callbacks.MetaBatchSeeding`
+    and :class:`~metaclinic.callbacks.CheckpointOnSigterm` (SIGTERM leaves ``checkpoints/last.ckpt``), and a
+    config's ``ModelCheckpoint`` and ``WandbLogger`` become the drop-in :mod:`metaclinic.callbacks` and
+    :mod:`metaclinic.tracking` classes (step checkpoints after validation; offline fallback, no data paths).
     """
 
     def __init__(self, args: list[str] | None = None, **kwargs: Any) -> None:
@@ -132,13 +140,28 @@ class MetaClinicCLI(LightningCLI):
         config.trainer.default_root_dir = str(run_dir)
         logger = config.trainer.logger
         if _class_name(logger) == "WandbLogger":
+            logger.class_path = f"{SafeWandbLogger.__module__}.{SafeWandbLogger.__name__}"
             logger.init_args.save_dir = str(run_dir)
             if logger.init_args.get("name") is None:
                 logger.init_args.name = f"{self._run_name(config)}-{run_dir.name}"
         for callback in config.trainer.callbacks or []:
-            if _class_name(callback) == "ModelCheckpoint" and not callback.init_args.get("dirpath"):
-                callback.init_args.dirpath = str(run_dir / "checkpoints")
+            if _class_name(callback) == "ModelCheckpoint":
+                callback.class_path = f"{StepEndCheckpoint.__module__}.{StepEndCheckpoint.__name__}"
+                if not callback.init_args.get("dirpath"):
+                    callback.init_args.dirpath = str(run_dir / "checkpoints")
         self.run_dir = run_dir
+
+    def after_instantiate_classes(self) -> None:
+        callbacks = self.trainer.callbacks
+        present = {type(callback) for callback in callbacks}
+        if MetaBatchSeeding not in present:
+            seed = self.config.seed_everything
+            callbacks.insert(0, MetaBatchSeeding(None if isinstance(seed, bool) else seed))
+        # Checkpoints that monitor nothing (``last``) save after those that do, so that they hold their
+        # latest state; the SIGTERM checkpoint comes after all of them.
+        callbacks.sort(key=lambda c: isinstance(c, ModelCheckpoint) and c.monitor is None)
+        if self.trainer.checkpoint_callbacks and CheckpointOnSigterm not in present:
+            callbacks.append(CheckpointOnSigterm(self.run_dir / "checkpoints" / "last.ckpt"))
 
 
 def meta_test(
@@ -149,7 +172,8 @@ def meta_test(
     run_dir: Path,
 ) -> MetaTestReport:
     """Evaluates ``ckpt_path`` on the fixed meta-test episodes; prints, logs and writes the report."""
-    trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    # weights_only: a checkpoint is data; one that needs code to load is refused, never executed.
+    trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False, weights_only=True)
     report = trainer.lightning_module.test_report
     assert report is not None
     report.checkpoint = os.path.relpath(ckpt_path, run_dir) if ckpt_path else None

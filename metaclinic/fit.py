@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import pickle
+import signal
+
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from metaclinic.cli import MetaClinicCLI, best_checkpoint, meta_test
 from metaclinic.errors import DataError
@@ -11,15 +15,29 @@ from metaclinic.report import MetaTestReport
 log = logging.getLogger("metaclinic")
 
 
+class UnsafeCheckpointError(DataError):
+    """A checkpoint holds pickled Python objects, which metaclinic refuses to load (they could run code)."""
+
+
 def run(args: list[str] | None = None) -> MetaTestReport | None:
     """Meta-trains as the config says and returns the meta-test report (``None`` if interrupted).
 
-    Bad input raises :class:`DataError`; ``main`` turns it into a one-line message.
+    Bad input raises :class:`DataError`; ``main`` turns it into a one-line message. Checkpoints are loaded
+    with ``weights_only=True`` (tensors and plain data only): loading one never runs code from it.
     """
     cli = _build_cli(args)
     checkpoint = None
     if cli.model.meta_trained:
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+        try:
+            cli.trainer.fit(
+                cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True
+            )
+        except pickle.UnpicklingError as error:
+            raise UnsafeCheckpointError(
+                f"--ckpt_path {cli.config.ckpt_path} was not loaded: it holds Python objects other than "
+                "tensors and plain data, which could run code when loaded. metaclinic only resumes from "
+                f"checkpoints it wrote itself. ({_unpickling_reason(error)})"
+            ) from None
         if cli.trainer.interrupted:
             return None
         checkpoint = best_checkpoint(cli.trainer)
@@ -41,11 +59,20 @@ def _build_cli(args: list[str] | None) -> MetaClinicCLI:
         raise
 
 
+def _unpickling_reason(error: pickle.UnpicklingError) -> str:
+    """The line of torch's refusal that names what the file tried to load (the rest is generic advice)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if "global" in line.lower() and "weights_only" not in line]
+    return (named or lines or [type(error).__name__])[0]
+
+
 def main(args: list[str] | None = None) -> None:
     try:
         run(args)
     except DataError as error:  # bad input: the message says what to change, a traceback adds nothing
         raise SystemExit(f"metaclinic: error: {error}") from None
+    except SIGTERMException:  # Lightning stopped on SIGTERM (the checkpoint is logged); exit as killed by it
+        raise SystemExit(128 + signal.SIGTERM) from None
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from metaclinic.data import EpisodeDataset, MetaBatchSampler
+from metaclinic.errors import DataError
 
 
 @pytest.fixture
@@ -72,7 +73,7 @@ def test_sampler_resumes_after_the_last_consumed_meta_batch():
 
 def test_sampler_refuses_a_checkpoint_of_another_split():
     state = MetaBatchSampler(2, 5, fingerprint="abc").state_dict()
-    with pytest.raises(RuntimeError, match="different data split"):
+    with pytest.raises(DataError, match="different data split"):
         MetaBatchSampler(2, 5, fingerprint="xyz").load_state_dict(state)
 
 

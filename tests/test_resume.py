@@ -9,6 +9,8 @@ import torch
 from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from metaclinic.errors import DataError
+
 from .test_maml import make_maml, quiet_trainer
 
 
@@ -48,5 +50,5 @@ def test_resuming_onto_another_class_split_is_refused(make_datamodule, tmp_path:
     seed_everything(0)
     other = make_datamodule(meta_batches_per_epoch=6, meta_train=["organamnist:0-4", "bloodmnist:0-2"])
     trainer = quiet_trainer(max_steps=20, enable_checkpointing=False)
-    with pytest.raises(RuntimeError, match="different data split"):
+    with pytest.raises(DataError, match="different data split"):
         trainer.fit(make_maml(), datamodule=other, ckpt_path=str(tmp_path / "last.ckpt"))

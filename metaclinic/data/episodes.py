@@ -170,7 +170,7 @@ class MetaBatchSampler(Sampler[list[int]]):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("fingerprint") != self.fingerprint:
-            raise RuntimeError(
+            raise DataError(
                 "The checkpoint was trained on a different data split (split fingerprint "
                 f"{state.get('fingerprint')!r}, this configuration gives {self.fingerprint!r}). "
                 "Resume with the data configuration the run was started with, or start a new run."

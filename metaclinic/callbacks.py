@@ -1,0 +1,180 @@
+"""Callbacks for exact resumption: seeded random draws, step checkpoints after validation, SIGTERM saves.
+
+A run stopped at any moment (an exception, SIGTERM, SIGKILL) and resumed from its last checkpoint must end
+exactly where the uninterrupted run ends. Lightning's checkpoints hold weights, optimizer and loop counters,
+and the episode sampler adds its position; three gaps remain, one per class here:
+
+- the global random generators (dropout, ...) are not in checkpoints: :class:`MetaBatchSeeding`;
+- a checkpoint saved every N steps is written before the validation that may follow the step, and
+  resuming from it skips that validation: :class:`ModelCheckpoint`;
+- on SIGTERM Lightning stops cleanly but saves nothing: :class:`CheckpointOnSigterm`.
+
+The command line adds or substitutes all three in every run.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
+from lightning.pytorch.trainer.states import RunningStage, TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from metaclinic.data.task import TaskBatch
+
+log = logging.getLogger("metaclinic")
+
+
+class MetaBatchSeeding(Callback):
+    """Seeds torch (CPU and CUDA), NumPy and ``random`` before every training meta-batch.
+
+    The seed of meta-batch ``g`` on rank ``r`` is derived from ``(seed, r, g)``, so dropout masks and any
+    other draws are a pure function of the position in the training stream, like the episodes themselves.
+    A resumed run therefore draws exactly what the uninterrupted run drew, whatever consumed random
+    numbers in between: sanity checks, validation, or the seed that every new DataLoader iterator takes
+    from the global generator. (Storing the generators' states in checkpoints would not be enough: a run
+    resumed from a checkpoint and the uninterrupted run draw different amounts before the next step.)
+
+    Only ``seed`` goes into checkpoints (an ``int``: they still load with ``weights_only=True``); a resumed
+    run continues with the stored one.
+
+    Args:
+        seed: base seed; ``None`` draws one at random (the run is still reproducible from its checkpoints).
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.seed = random.SystemRandom().randrange(2**32) if seed is None else int(seed)
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        index = batch.meta_batch_index if isinstance(batch, TaskBatch) else -1
+        seed_generators(self.seed, trainer.global_rank, index if index >= 0 else trainer.global_step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        seed = int(state_dict["seed"])
+        if seed != self.seed:
+            log.info("Resuming with the checkpoint's meta-batch seed %d (this run got %d)", seed, self.seed)
+        self.seed = seed
+
+
+def seed_generators(*key: int) -> None:
+    """Seeds torch (all devices), NumPy's global generator and ``random`` from a key of non-negative ints."""
+    words = np.random.SeedSequence(list(key)).generate_state(2, dtype=np.uint32)
+    torch.manual_seed(int(words[0]) << 32 | int(words[1]))  # also seeds every CUDA device
+    np.random.seed(int(words[0]))
+    random.seed(int(words[1]))
+
+
+class ModelCheckpoint(LightningModelCheckpoint):
+    """Lightning's ``ModelCheckpoint``, except that ``every_n_train_steps`` saves wait for the step to end.
+
+    Lightning writes a step-triggered checkpoint in ``on_train_batch_end``, before the validation and the
+    end-of-epoch hooks that may follow that step. Resuming from it, Lightning 2.6 skips that validation, so
+    the resumed run lacks a validation score that the uninterrupted run had and can select another best
+    checkpoint. Here such a save waits until the step has ended: after its validation (mid-epoch) or in
+    ``on_train_epoch_end`` (last step of an epoch), after the checkpoints listed before it. A save at a
+    step with neither happens at once, as in Lightning. Checkpoints that monitor a metric are unchanged.
+
+    Same arguments and checkpoint state as Lightning's class (whose name it keeps, so that checkpoints of
+    either restore into the other); the command line uses it for every ``ModelCheckpoint`` of a config.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._save_when_step_ends = False
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        every = getattr(self, "_every_n_train_steps", 0)
+        due = self.monitor is None and every >= 1 and trainer.global_step % every == 0
+        if due and _step_continues(trainer):
+            self._save_when_step_ends = True
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if self._save_when_step_ends and not _last_batch_of_epoch(trainer):
+            self._save_deferred(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._save_when_step_ends:
+            self._save_deferred(trainer, pl_module)
+
+    def _save_deferred(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._save_when_step_ends = False
+        super().on_train_batch_end(trainer, pl_module, None, None, -1)  # the save it postponed
+
+
+def _last_batch_of_epoch(trainer: Trainer) -> bool:
+    return bool(getattr(trainer.fit_loop.epoch_loop.batch_progress, "is_last_batch", False))
+
+
+def _step_continues(trainer: Trainer) -> bool:
+    """Whether validation or the end of the epoch follows the training step that just ended."""
+    if _last_batch_of_epoch(trainer):
+        return True
+    try:  # Lightning's own decision, made again right after on_train_batch_end (a private method)
+        epoch_loop = trainer.fit_loop.epoch_loop
+        return bool(epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
+    except AttributeError:  # another Lightning version: save at once, as Lightning does
+        return False
+
+
+class CheckpointOnSigterm(Checkpoint):
+    """Saves ``path`` when Lightning stops training on SIGTERM, so ``--ckpt_path last`` resumes from there.
+
+    On SIGTERM (a scheduler's preemption, ``kill``, ``docker stop``) Lightning finishes the current training
+    step, with its validation and end of epoch if it has them, and raises ``SIGTERMException``; it saves
+    nothing itself. This callback saves the state then, at the end of the step (or in
+    ``on_train_epoch_end``, after the other checkpoints), where a resumed run continues exactly. A SIGTERM
+    that reaches a validation first stops it midway: nothing is saved then (half a validation cannot be
+    resumed), and the last periodic checkpoint is the one to resume. SIGKILL cannot be caught: the last
+    periodic checkpoint is what remains.
+
+    Args:
+        path: where to write, normally ``<run dir>/checkpoints/last.ckpt``.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._saved_step: int | None = None
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.received_sigterm:
+            self._save(trainer)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
+            return
+        if self._saved_step == trainer.global_step:
+            return
+        if trainer.state.stage == RunningStage.TRAINING and not _last_batch_of_epoch(trainer):
+            self._save(trainer)  # raised at the end of a step, after its validation if it had one
+        else:
+            log.warning(
+                "SIGTERM during %s: nothing saved; --ckpt_path last resumes from the latest periodic save",
+                trainer.state.stage,
+            )
+
+    def _save(self, trainer: Trainer) -> None:
+        trainer.save_checkpoint(self.path)
+        self._saved_step = trainer.global_step
+        log.warning(
+            "SIGTERM: stopped after step %d and saved %s; --ckpt_path last resumes from it",
+            trainer.global_step,
+            self.path,
+        )
