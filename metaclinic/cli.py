@@ -18,6 +18,7 @@ from metaclinic.algorithms.base import EpisodicModule
 from metaclinic.callbacks import CheckpointOnSigterm, MetaBatchSeeding
 from metaclinic.callbacks import ModelCheckpoint as StepEndCheckpoint
 from metaclinic.data.datamodule import EpisodicDataModule
+from metaclinic.errors import DataError
 from metaclinic.report import MetaTestReport
 from metaclinic.tracking import WandbLogger as SafeWandbLogger
 
@@ -164,14 +165,41 @@ class MetaClinicCLI(LightningCLI):
             callbacks.append(CheckpointOnSigterm(self.run_dir / "checkpoints" / "last.ckpt"))
 
 
+def build_cli(args: list[str] | None) -> MetaClinicCLI:
+    """The CLI, with data errors raised while it links data to model (e.g. reading a table) unwrapped."""
+    try:
+        return MetaClinicCLI(args=args)
+    except ValueError as error:
+        cause: BaseException | None = error
+        while cause is not None and not isinstance(cause, DataError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
+
+
 def meta_test(
     trainer: Trainer,
     model: LightningModule,
     datamodule: EpisodicDataModule,
     ckpt_path: str | None,
     run_dir: Path,
+    report_path: Path | None = None,
 ) -> MetaTestReport:
     """Evaluates ``ckpt_path`` on the fixed meta-test episodes; prints, logs and writes the report."""
+    report = score_meta_test(trainer, model, datamodule, ckpt_path, run_dir)
+    publish_report(report, trainer, report_path or run_dir / REPORT_FILE)
+    return report
+
+
+def score_meta_test(
+    trainer: Trainer,
+    model: LightningModule,
+    datamodule: EpisodicDataModule,
+    ckpt_path: str | None,
+    run_dir: Path,
+) -> MetaTestReport:
+    """The meta-test report of ``ckpt_path`` (or the current weights), without writing it anywhere."""
     # weights_only: a checkpoint is data; one that needs code to load is refused, never executed.
     trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False, weights_only=True)
     report = trainer.lightning_module.test_report
@@ -179,16 +207,19 @@ def meta_test(
     report.checkpoint = os.path.relpath(ckpt_path, run_dir) if ckpt_path else None
     # Equal fingerprints and seeds mean equal meta-test episodes: results can be compared pairwise.
     report.extra.update(split_fingerprint=datamodule.split_fingerprint, eval_seed=datamodule.eval_seed)
-    if trainer.is_global_zero:
-        report.write(run_dir / REPORT_FILE)
-        print("\n" + report.table() + f"\nReport: {run_dir / REPORT_FILE}\n", flush=True)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                rows = [[name, e.mean, e.ci95, e.n] for name, e in report.metrics.items()]
-                logger.log_table(
-                    "meta_test/report", columns=["metric", "mean", "ci95", "episodes"], data=rows
-                )
     return report
+
+
+def publish_report(report: MetaTestReport, trainer: Trainer, path: Path, key: str = "meta_test") -> None:
+    """Writes the report as JSON, prints its table and logs the table to W&B (from rank 0 only)."""
+    if not trainer.is_global_zero:
+        return
+    report.write(path)
+    print("\n" + report.table() + f"\nReport: {path}\n", flush=True)
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            rows = [[name, e.mean, e.ci95, e.n] for name, e in report.metrics.items()]
+            logger.log_table(f"{key}/report", columns=["metric", "mean", "ci95", "episodes"], data=rows)
 
 
 def best_checkpoint(trainer: Trainer) -> str | None:

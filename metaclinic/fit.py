@@ -8,7 +8,7 @@ import signal
 
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from metaclinic.cli import MetaClinicCLI, best_checkpoint, meta_test
+from metaclinic.cli import best_checkpoint, build_cli, meta_test
 from metaclinic.errors import DataError
 from metaclinic.report import MetaTestReport
 
@@ -25,7 +25,7 @@ def run(args: list[str] | None = None) -> MetaTestReport | None:
     Bad input raises :class:`DataError`; ``main`` turns it into a one-line message. Checkpoints are loaded
     with ``weights_only=True`` (tensors and plain data only): loading one never runs code from it.
     """
-    cli = _build_cli(args)
+    cli = build_cli(args)
     checkpoint = None
     if cli.model.meta_trained:
         try:
@@ -44,19 +44,6 @@ def run(args: list[str] | None = None) -> MetaTestReport | None:
     else:
         log.info("%s has nothing to meta-train: evaluating it directly", type(cli.model).__name__)
     return meta_test(cli.trainer, cli.model, cli.datamodule, checkpoint, cli.run_dir)
-
-
-def _build_cli(args: list[str] | None) -> MetaClinicCLI:
-    """The CLI, with data errors raised while it links data to model (e.g. reading a table) unwrapped."""
-    try:
-        return MetaClinicCLI(args=args)
-    except ValueError as error:
-        cause: BaseException | None = error
-        while cause is not None and not isinstance(cause, DataError):
-            cause = cause.__cause__
-        if cause is not None:
-            raise cause from None
-        raise
 
 
 def _unpickling_reason(error: pickle.UnpicklingError) -> str:

@@ -1,0 +1,70 @@
+"""``metaclinic.evaluate``: fixed episodes shared by every algorithm and run, shot curves, plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from .conftest import REPO
+
+
+def test_the_meta_test_episodes_are_the_same_for_every_run_and_algorithm(make_datamodule):
+    """Two data modules of one data config (as two algorithms or two runs get) draw identical episodes."""
+    first, second = make_datamodule(seed=1), make_datamodule(seed=2)  # training seeds differ
+    tasks = []
+    for data in (first, second):
+        data.setup()
+        tasks.append(list(data.test_dataloader()))
+    for a, b in zip(*tasks, strict=True):
+        assert torch.equal(a.support_x, b.support_x) and torch.equal(a.query_x, b.query_x)
+        assert torch.equal(a.classes, b.classes)
+    assert first.split_fingerprint == second.split_fingerprint
+
+
+def test_a_shot_curve_keeps_each_episodes_classes(make_datamodule):
+    data = make_datamodule()
+    data.setup()
+    at = {}
+    for k in (1, 3):
+        data.n_shot = k
+        batch = next(iter(data.test_dataloader()))
+        assert batch.support_x.shape[1] == 5 * k
+        at[k] = batch.classes
+    assert torch.equal(at[1], at[3])
+
+
+def test_evaluate_writes_report_shot_curve_and_plots(medmnist_root: Path, tmp_path: Path):
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
+    fit = [
+        sys.executable, "-m", "metaclinic.fit", "--config", str(REPO / "configs/quickstart.yaml"),
+        f"--runs_dir={tmp_path}", f"--data.init_args.root={medmnist_root}", "--data.init_args.n_shot=2",
+        "--data.init_args.n_query=4", "--data.init_args.meta_batches_per_epoch=10",
+        "--data.init_args.val_episodes=8", "--data.init_args.test_episodes=30", "--trainer.max_steps=20",
+        "--trainer.enable_progress_bar=false", "--model.init_args.backbone.init_args.hidden=8",
+    ]  # fmt: skip
+    result = subprocess.run(fit, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (tmp_path / "quickstart").iterdir()
+    fitted = json.loads((run / "meta_test_report.json").read_text())
+    (checkpoint,) = run.glob("checkpoints/best-*.ckpt")
+    evaluate = [
+        sys.executable, "-m", "metaclinic.evaluate", "--config", str(run / "config.yaml"),
+        "--ckpt_path", str(checkpoint), "--shots", "1", "2", "9",
+    ]  # fmt: skip
+    result = subprocess.run(evaluate, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = run / "evaluation"
+    report = json.loads((out / "meta_test_report.json").read_text())
+    assert report["metrics"]["accuracy"] == fitted["metrics"]["accuracy"]  # the end of fit reported the same
+    curve = json.loads((out / "shot_curve.json").read_text())
+    assert curve["2"]["metrics"]["accuracy"] == report["metrics"]["accuracy"]  # K=2 is the configured K
+    assert curve["1"]["metrics"]["accuracy"]["mean"] < curve["2"]["metrics"]["accuracy"]["mean"]
+    assert "fewer than 13 examples" in curve["9"]["error"]  # 12 test images per class: reported, not fatal
+    for name in ("accuracy_vs_shots.png", "auroc_vs_shots.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(list(run.glob("wandb/offline-run-*"))) == 2  # fit's run and evaluate's
