@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from metaclinic.cli import MetaClinicCLI, build_cli, publish_report, score_meta_test
 from metaclinic.errors import DataError
-from metaclinic.plots import plot_shot_curves
+from metaclinic.plots import plot_reliability, plot_shot_curves
 from metaclinic.report import MetaTestReport
 
 log = logging.getLogger("metaclinic")
@@ -61,7 +61,11 @@ def evaluate(
         return report
     publish_report(report, cli.trainer, out / "meta_test_report.json")
     (out / "shot_curve.json").write_text(json.dumps(curve, indent=1) + "\n")
-    plots = plot_shot_curves(curve, out, title=f"{report.algorithm}, {report.n_way}-way")
+    title = f"{report.algorithm}, {report.n_way}-way"
+    plots = plot_shot_curves(curve, out, title=title)
+    plots.append(
+        plot_reliability(report.reliability, out / "reliability.png", f"{title} {report.n_shot}-shot")
+    )
     for logger in cli.trainer.loggers:
         if isinstance(logger, WandbLogger):
             logger.log_image("evaluation/plots", images=[str(p) for p in plots])

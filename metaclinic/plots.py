@@ -39,3 +39,23 @@ def plot_shot_curves(curve: dict[str, Any], out: Path, title: str = "") -> list[
         plt.close(figure)
         paths.append(path)
     return paths
+
+
+def plot_reliability(reliability: dict[str, list[float]], path: Path, title: str = "") -> Path:
+    """Reliability diagram: accuracy against mean confidence per bin of top-class probability."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    upper = reliability["bin_upper"]
+    width = upper[0]
+    figure, axes = plt.subplots(figsize=(4.2, 4.0), dpi=120)
+    filled = [i for i, n in enumerate(reliability["count"]) if n > 0]
+    axes.bar([upper[i] - width / 2 for i in filled], [reliability["accuracy"][i] for i in filled],
+             width=width * 0.9, alpha=0.7, label="accuracy")  # fmt: skip
+    axes.plot([reliability["confidence"][i] for i in filled], [reliability["accuracy"][i] for i in filled],
+              "o", color="black", markersize=3, label="mean confidence")  # fmt: skip
+    axes.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="top-class probability", ylabel="accuracy", title=title)
+    axes.legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,10 +13,16 @@ from typing import Any
 import torch
 from scipy import stats
 
+MIXED_DOMAIN = "mixed"  # the breakdown's name for episodes whose classes come from several domains
+
 
 @dataclass(frozen=True)
 class Estimate:
-    """Mean of per-episode values with the half-width of its 95% confidence interval (Student t)."""
+    """Mean of per-episode values with the half-width of its 95% confidence interval (Student t).
+
+    ``ci95 = t(0.975, n - 1) * std / sqrt(n)`` with the sample standard deviation ``std``; both are NaN for
+    a single episode.
+    """
 
     mean: float
     ci95: float
@@ -37,7 +45,16 @@ class Estimate:
 
 @dataclass
 class MetaTestReport:
-    """What a run reports on its meta-test episodes; written as ``meta_test_report.json`` in the run dir."""
+    """What a run reports on its meta-test episodes; written as ``meta_test_report.json`` in the run dir.
+
+    ``metrics`` summarises every metric over all episodes (see :mod:`metaclinic.metrics`). ``per_episode``
+    keeps each metric's value of every episode, in the order of ``episode_index`` (ascending), so that two
+    reports on the same episodes (equal ``extra["split_fingerprint"]`` and ``extra["eval_seed"]``) can be
+    compared pairwise. ``breakdown`` summarises the metrics per domain (hospital, dataset) when the
+    meta-test split has several; an episode with classes of several domains counts as ``"mixed"``.
+    ``reliability`` pools every query of every episode into equal-width bins of top-class probability
+    (``bin_upper``, ``count``, ``confidence``, ``accuracy``): the data of a reliability diagram.
+    """
 
     algorithm: str
     n_way: int
@@ -47,19 +64,105 @@ class MetaTestReport:
     metrics: dict[str, Estimate]
     checkpoint: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    breakdown: dict[str, dict[str, Estimate]] = field(default_factory=dict)
+    episode_index: list[int] = field(default_factory=list)
+    per_episode: dict[str, list[float]] = field(default_factory=dict)
+    reliability: dict[str, list[float]] = field(default_factory=dict)
+
+    @classmethod
+    def of_episodes(
+        cls,
+        algorithm: str,
+        n_way: int,
+        n_shot: int,
+        n_query: int,
+        values: dict[str, torch.Tensor],
+        episode_index: torch.Tensor,
+        domains: Sequence[str] | None = None,
+    ) -> MetaTestReport:
+        """The report of per-episode ``values`` (``{metric: (episodes,)}``), in any episode order.
+
+        ``episode_index`` (``(episodes,)``) identifies each episode, ``domains`` (optional) names its domain;
+        with ``domains`` the report has a ``breakdown``.
+        """
+        if len(torch.unique(episode_index)) != len(episode_index):
+            raise ValueError("an episode was scored more than once")
+        order = episode_index.cpu().argsort()
+        values = {name: v.detach().cpu()[order] for name, v in values.items()}
+        breakdown: dict[str, dict[str, Estimate]] = {}
+        if domains is not None:
+            domains = [domains[i] for i in order.tolist()]
+            names = sorted(set(domains) - {MIXED_DOMAIN}) + [MIXED_DOMAIN] * (MIXED_DOMAIN in domains)
+            for domain in names:
+                mask = torch.tensor([d == domain for d in domains])
+                breakdown[domain] = {name: Estimate.of(v[mask]) for name, v in values.items()}
+        return cls(
+            algorithm=algorithm,
+            n_way=n_way,
+            n_shot=n_shot,
+            n_query=n_query,
+            episodes=len(order),
+            metrics={name: Estimate.of(v) for name, v in values.items()},
+            breakdown=breakdown,
+            episode_index=episode_index.cpu()[order].tolist(),
+            per_episode={name: v.tolist() for name, v in values.items()},
+        )
 
     def table(self) -> str:
+        """A row per metric (mean and 95% CI half-width, in %), then the same rows for each domain."""
         head = f"Meta-test: {self.algorithm}, {self.n_way}-way {self.n_shot}-shot, {self.episodes} episodes"
-        rows = [f"{'metric':<12} {'mean (%)':>10} {'95% CI (±)':>11}"]
-        rows += [
-            f"{name:<12} {100 * e.mean:>10.2f} {100 * e.ci95:>11.2f}" for name, e in self.metrics.items()
-        ]
-        width = max(len(head), *(len(r) for r in rows))
-        return "\n".join([head, "-" * width, *rows])
+        indented = [f"  {name}" for metrics in self.breakdown.values() for name in metrics]
+        width = max([12, *(len(name) for name in [*self.metrics, *indented])])
+
+        def rows(metrics: dict[str, Estimate], indent: str = "") -> list[str]:
+            return [
+                f"{indent + name:<{width}} {100 * e.mean:>10.2f} {100 * e.ci95:>11.2f}"
+                for name, e in metrics.items()
+            ]
+
+        lines = [f"{'metric':<{width}} {'mean (%)':>10} {'95% CI (±)':>11}", *rows(self.metrics)]
+        for domain, metrics in self.breakdown.items():
+            episodes = next(iter(metrics.values())).n if metrics else 0
+            lines += [f"{domain} ({episodes} episode{'s' * (episodes != 1)})", *rows(metrics, indent="  ")]
+        rule = "-" * max(len(head), *(len(line) for line in lines))
+        return "\n".join([head, rule, *lines])
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MetaTestReport:
+        """The report of :meth:`to_dict`; reports written before a field existed get its default."""
+
+        def estimates(metrics: dict[str, dict[str, Any]]) -> dict[str, Estimate]:
+            # NaN (the interval of a single episode) as math.nan, so that equal reports compare equal.
+            return {
+                name: Estimate(**{k: math.nan if v != v else v for k, v in e.items()})
+                for name, e in metrics.items()
+            }
+
+        breakdown = {domain: estimates(m) for domain, m in data.get("breakdown", {}).items()}
+        reliability = {
+            k: [math.nan if v != v else v for v in vs] for k, vs in data.get("reliability", {}).items()
+        }
+        return cls(
+            **{
+                **data,
+                "metrics": estimates(data["metrics"]),
+                "breakdown": breakdown,
+                "reliability": reliability,
+            }
+        )
+
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        text = json.dumps(self.to_dict(), indent=2)
+        # One line per list of numbers (per-episode values), not one line per number. JSON strings hold no
+        # raw newline, so a match spanning lines is never inside one.
+        text = re.sub(r"\[(?=[^\]]*\n)([-+\w.,\s]*)\]", lambda m: "[" + " ".join(m[1].split()) + "]", text)
+        path.write_text(text + "\n")
+
+    @classmethod
+    def read(cls, path: str | Path) -> MetaTestReport:
+        """The report written by :meth:`write` at ``path``."""
+        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -26,6 +26,8 @@ ALGORITHMS = [
     "matchingnet",
     "relationnet",
     "siamese",
+    "simpleshot",
+    "baseline",
 ]
 
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from metaclinic.cli import RUN_DIR_ENV
 from metaclinic.data import MedMNISTEpisodes
+from metaclinic.data.datamodule import DATA_DIR_ENV
 from metaclinic.data.synthetic import write_synthetic_medmnist
+from metaclinic.fit import run as fit
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -56,3 +61,18 @@ def make_datamodule(medmnist_root: Path):
         return MedMNISTEpisodes(**settings)
 
     return make
+
+
+def fit_in_process(args: list[str], data_dir: Path | None = None) -> Path:
+    """Runs ``metaclinic.fit`` here (no interpreter start-up) and returns the run directory."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["metaclinic.fit"])
+        patch.setenv("WANDB_MODE", "offline")
+        if data_dir is not None:
+            patch.setenv(DATA_DIR_ENV, str(data_dir))
+        os.environ.pop(RUN_DIR_ENV, None)
+        try:
+            fit([*args, "--trainer.logger=false", "--trainer.enable_progress_bar=false"])
+            return Path(os.environ[RUN_DIR_ENV])
+        finally:
+            os.environ.pop(RUN_DIR_ENV, None)

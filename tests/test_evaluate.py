@@ -65,6 +65,7 @@ def test_evaluate_writes_report_shot_curve_and_plots(medmnist_root: Path, tmp_pa
     assert curve["2"]["metrics"]["accuracy"] == report["metrics"]["accuracy"]  # K=2 is the configured K
     assert curve["1"]["metrics"]["accuracy"]["mean"] < curve["2"]["metrics"]["accuracy"]["mean"]
     assert "fewer than 13 examples" in curve["9"]["error"]  # 12 test images per class: reported, not fatal
-    for name in ("accuracy_vs_shots.png", "auroc_vs_shots.png"):
+    assert sum(report["reliability"]["count"]) == 30 * 5 * 4  # every query of every episode
+    for name in ("accuracy_vs_shots.png", "auroc_vs_shots.png", "reliability.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(list(run.glob("wandb/offline-run-*"))) == 2  # fit's run and evaluate's

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -11,9 +12,16 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import CatMetric, MeanMetric
 
+from metaclinic.data.pool import ClassPool
 from metaclinic.data.task import Task, TaskBatch
-from metaclinic.metrics import episode_accuracy, episode_auroc
-from metaclinic.report import Estimate, MetaTestReport
+from metaclinic.metrics import (
+    BINARY_METRICS,
+    METRICS,
+    episode_accuracy,
+    episode_metrics,
+    reliability_bins,
+)
+from metaclinic.report import MIXED_DOMAIN, MetaTestReport
 
 
 def uses_batch_statistics(module: nn.Module) -> bool:
@@ -29,10 +37,11 @@ class EpisodicModule(LightningModule):
     A training step takes a meta-batch of tasks, scores every task's query set after adapting to its support
     set (``adapt_and_score``, or ``score_tasks`` for algorithms that batch over tasks), and returns the mean
     query loss for the outer update. Validation and test do the same without the outer update; test keeps
-    every episode's accuracy for the meta-test report (mean with a 95% confidence interval).
+    every episode's metrics (:mod:`metaclinic.metrics`) for the meta-test report (mean with a 95% confidence
+    interval, per episode, per domain).
 
-    Logged: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``test/acc``, ``test/acc_ci95``,
-    ``test/auroc``; the report holds accuracy and AUROC per episode as mean with 95% CI.
+    Logged: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, and ``test/<metric>`` with
+    ``test/<metric>_ci95`` for every metric of the report (accuracy as ``test/acc``, ``test/acc_ci95``).
 
     Args:
         optimizer: builds the outer-loop (meta) optimizer from the parameters.
@@ -51,7 +60,16 @@ class EpisodicModule(LightningModule):
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.val_loss, self.val_acc = MeanMetric(), MeanMetric()
-        self.test_episode_acc, self.test_episode_auroc = CatMetric(), CatMetric()
+        # Every meta-test episode's metrics, index and domain code, gathered across processes at the end.
+        # NaN is kept so the values stay aligned: it marks the binary metrics of non-binary episodes.
+        self.test_episode_values = nn.ModuleDict(
+            {
+                name: CatMetric(nan_strategy="disable")
+                for name in (*METRICS, *BINARY_METRICS, "episode_index", "domain")
+            }
+        )
+        # Every query's top-class probability and correctness, pooled for the reliability diagram.
+        self.test_query_confidence, self.test_query_correct = CatMetric(), CatMetric()
         self.test_report: MetaTestReport | None = None
 
     # -- what an algorithm provides --------------------------------------------------------------------------
@@ -136,24 +154,84 @@ class EpisodicModule(LightningModule):
     def test_step(self, batch: TaskBatch, batch_idx: int) -> None:
         self.check_episode(batch)
         logits = self.class_logits(self.score_tasks(batch), batch)
-        self.test_episode_acc.update(episode_accuracy(logits, batch.query_y))
-        self.test_episode_auroc.update(episode_auroc(logits, batch.query_y))
+        pool = self._meta_test_pool()
+        values = episode_metrics(logits, batch.query_y, self.positive_classes(pool, batch.classes))
+        not_binary = torch.full((len(batch),), math.nan, device=logits.device)
+        values.update({name: values.get(name, not_binary) for name in BINARY_METRICS})
+        values.update(episode_index=batch.episode_index, domain=self.domain_codes(pool, batch.classes))
+        for name, metric in self.test_episode_values.items():
+            metric.update(values[name])
+        confidence, predicted = logits.detach().float().softmax(-1).max(-1)
+        self.test_query_confidence.update(confidence.flatten())
+        self.test_query_correct.update((predicted == batch.query_y).float().flatten())
 
     def on_test_epoch_end(self) -> None:
-        accuracy = Estimate.of(self.test_episode_acc.compute())
-        auroc = Estimate.of(self.test_episode_auroc.compute())
-        self.test_episode_acc.reset()
-        self.test_episode_auroc.reset()
-        self.log_dict({"test/acc": accuracy.mean, "test/acc_ci95": accuracy.ci95, "test/auroc": auroc.mean})
+        values = {name: metric.compute() for name, metric in self.test_episode_values.items()}
+        reliability = reliability_bins(
+            self.test_query_confidence.compute(), self.test_query_correct.compute()
+        )
+        for metric in [
+            *self.test_episode_values.values(),
+            self.test_query_confidence,
+            self.test_query_correct,
+        ]:
+            metric.reset()
+        episode_index, codes = values.pop("episode_index").long(), values.pop("domain").long()
+        # Sensitivity and specificity only when every episode is binary.
+        values = {name: v for name, v in values.items() if name in METRICS or not v.isnan().any()}
+        pool = self._meta_test_pool()
+        domains = None
+        if pool is not None and len(pool.domains()) > 1:
+            names = list(pool.domains())
+            domains = [names[c] if c >= 0 else MIXED_DOMAIN for c in codes.tolist()]
         data = self.trainer.datamodule
-        self.test_report = MetaTestReport(
-            algorithm=type(self).__name__,
+        self.test_report = MetaTestReport.of_episodes(
+            type(self).__name__,
             n_way=getattr(data, "n_way", -1),
             n_shot=getattr(data, "n_shot", -1),
             n_query=getattr(data, "n_query", -1),
-            episodes=accuracy.n,
-            metrics={"accuracy": accuracy, "auroc": auroc},
+            values=values,
+            episode_index=episode_index,
+            domains=domains,
         )
+        self.test_report.reliability = reliability
+        logged = {}
+        for name, estimate in self.test_report.metrics.items():
+            key = "acc" if name == "accuracy" else name  # the name train/acc and val/acc use
+            logged.update({f"test/{key}": estimate.mean, f"test/{key}_ci95": estimate.ci95})
+        self.log_dict(logged)
+
+    def _meta_test_pool(self) -> ClassPool | None:
+        pools = getattr(self.trainer.datamodule, "pools", None)
+        return pools.get("meta_test") if isinstance(pools, dict) else None
+
+    @staticmethod
+    def positive_classes(pool: ClassPool | None, classes: Tensor) -> Tensor | None:
+        """Local id of each binary episode's positive class (for sensitivity and specificity), ``(tasks,)``.
+
+        Episode-local ids are arbitrary, so the positive class is the one whose :attr:`ClassInfo.target` sorts
+        last: ``"1"`` of a ``"0"``/``"1"`` diagnosis (tables with ``positive_above``), the larger key
+        otherwise. With equal targets, or no pool to look them up, it is local class 1, the second class.
+        ``None`` for episodes of more than two classes.
+        """
+        if classes.shape[-1] != 2:
+            return None
+        if pool is None:
+            return torch.ones(len(classes), dtype=torch.long, device=classes.device)
+        targets = [[pool.classes[c].target for c in episode] for episode in classes.tolist()]
+        return torch.tensor([int(t1 >= t0) for t0, t1 in targets], device=classes.device)
+
+    @staticmethod
+    def domain_codes(pool: ClassPool | None, classes: Tensor) -> Tensor:
+        """Each episode's domain as its position in ``pool.domains()``; -1 when its classes span several."""
+        if pool is None:
+            return torch.full((len(classes),), -1, device=classes.device)
+        position = {domain: i for i, domain in enumerate(pool.domains())}
+        codes = [
+            position[pool.classes[ids[0]].domain] if len({pool.classes[c].domain for c in ids}) == 1 else -1
+            for ids in classes.tolist()
+        ]
+        return torch.tensor(codes, device=classes.device)
 
     # -- optimisation ----------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

@@ -1,0 +1,295 @@
+"""``python -m metaclinic.adapt``: adapt a meta-trained checkpoint to labelled cases and predict new ones.
+
+    python -m metaclinic.adapt --ckpt_path runs/<run>/<time>/checkpoints/last.ckpt \\
+        --support support.csv --predict new_patients.csv --out adapted/
+
+The model and its data module are rebuilt from the run's ``config.yaml`` (next to ``checkpoints/``, or
+``--config``); the checkpoint gives the weights and, for tables, the fitted preprocessing. Support and
+prediction sets come in the format the model was trained on:
+
+- tables (CSV, TSV, Parquet): the training table's columns, read with its settings and encoded with the
+  checkpoint's preprocessing; the support set needs the label column, the prediction set may lack it;
+- images: the support set is a folder with one sub-folder of images per class, the prediction set a flat
+  folder of images (or one image file); images are resized to the model's size.
+
+Classes are the support set's label values (or class folder names), in sorted order. The model adapts as
+in meta-test evaluation (its inner loop, or its prototypes / comparisons) with the prediction set as the
+query set, and writes to ``--out``:
+
+- ``predictions.csv``: one row per case: its row number (and ``--id_column``) or file name, the predicted
+  class and one ``probability_<class>`` column per class;
+- ``adapted_model.pt2``: the adapted model as a ``torch.export`` program, from preprocessed inputs
+  ``(batch, *input shape)`` to class probabilities; ``torch.export.load(path).module()(x)`` runs it
+  with PyTorch alone;
+- ``adapted_model.json``: its classes, input shape and how to make its inputs (for tables the feature
+  names and the full preprocessing state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from jsonargparse import ArgumentError, ArgumentParser, Namespace
+
+from metaclinic.adaptation import (
+    Cases,
+    ImageCases,
+    SupportSet,
+    TableCases,
+    adapted_classifier,
+    check_support,
+    class_probabilities,
+    export_classifier,
+)
+from metaclinic.algorithms.base import EpisodicModule, uses_batch_statistics
+from metaclinic.data.datamodule import EpisodicDataModule
+from metaclinic.data.preprocess import TablePreprocessor
+from metaclinic.data.table_datamodule import TableEpisodes
+from metaclinic.errors import DataError, MissingDataError
+from metaclinic.fit import UnsafeCheckpointError
+
+PREDICTIONS_FILE = "predictions.csv"
+MODEL_FILE = "adapted_model.pt2"
+MODEL_INFO_FILE = "adapted_model.json"
+TOLERANCE = 1e-5  # the exported model must reproduce predictions.csv to this (absolute, on probabilities)
+
+
+@dataclass
+class MetaTrained:
+    """A meta-trained model rebuilt from its run's config and checkpoint, with its data's saved state."""
+
+    model: EpisodicModule
+    data: EpisodicDataModule
+    data_state: dict[str, Any]
+    input_shape: tuple[int, ...]
+    ckpt_path: Path
+    config: Path
+
+
+def load_meta_trained(ckpt_path: str | Path, config: str | Path | None = None) -> MetaTrained:
+    """Rebuilds the model and data module of ``config`` and loads the checkpoint into them.
+
+    ``config`` defaults to the run's ``config.yaml`` (the checkpoint's ``../../config.yaml``). Nothing is
+    read from the training data: a table model's input width and preprocessing come from the checkpoint,
+    an image model's input shape from the data configuration. The checkpoint is loaded with
+    ``weights_only=True``: tensors and plain data only, so loading it never runs code from it.
+    """
+    ckpt_path = Path(ckpt_path)
+    if not ckpt_path.is_file():
+        raise MissingDataError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
+    config = Path(config) if config else ckpt_path.resolve().parent.parent / "config.yaml"
+    if not config.is_file():
+        raise MissingDataError(
+            f"{config}: no such config file; give the run's config.yaml with --config (a run directory holds "
+            "config.yaml and checkpoints/)"
+        )
+    checkpoint = _load_checkpoint(ckpt_path)
+    sections = _config_sections(config)
+    data = _instantiate("data", EpisodicDataModule, sections["data"], config)
+    data_state = checkpoint.get(type(data).__qualname__) or {}
+    input_shape = _input_shape(data, data_state, ckpt_path)
+    model_config = sections["model"]
+    init_args = model_config.setdefault("init_args", {})
+    if isinstance(init_args.get("backbone"), dict):  # the links of metaclinic.cli, stated here
+        init_args["backbone"].setdefault("init_args", {})["input_shape"] = list(input_shape)
+    model = _instantiate("model", EpisodicModule, model_config, config, n_way=data.n_way)
+    if not model.meta_trained:
+        raise DataError(f"{type(model).__name__} is not meta-trained: it has no checkpoint to adapt")
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:  # missing, unexpected or differently shaped weights: another config
+        detail = " ".join(line.strip() for line in str(error).splitlines()[:2])
+        raise DataError(f"{ckpt_path} does not fit the model of {config}: {detail}") from None
+    return MetaTrained(model.eval(), data, data_state, input_shape, ckpt_path, config)
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UnsafeCheckpointError(
+            f"{path} was not loaded: it holds Python objects other than tensors and plain data, which could "
+            "run code when loaded. metaclinic only loads checkpoints it wrote itself."
+        ) from None
+    except (RuntimeError, OSError, EOFError, ValueError) as error:
+        raise DataError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise DataError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    return checkpoint
+
+
+def _config_sections(config: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(config.read_text())
+    except yaml.YAMLError as error:
+        raise DataError(f"{config}: not a YAML file: {error}") from None
+    missing = [k for k in ("model", "data") if not isinstance(raw, dict) or k not in raw]
+    if missing:
+        raise DataError(f"{config}: no {' or '.join(missing)} section; give the run's config.yaml")
+    return raw
+
+
+def _instantiate(key: str, base: type, section: Any, config: Path, **links: Any) -> Any:
+    """One section of a run config (``class_path``/``init_args``) instantiated as jsonargparse does in fit."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(base, key, required=True, fail_untyped=False)
+    try:
+        namespace = parser.parse_object({key: section})
+        init_args = namespace[key].get("init_args") or Namespace()
+        for name, value in links.items():
+            if name in init_args:
+                init_args[name] = value
+        instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in 4.49
+        return instantiate(namespace)[key]
+    except DataError:
+        raise
+    except (ArgumentError, ValueError, TypeError) as error:
+        cause: BaseException | None = error
+        while cause is not None and not isinstance(cause, DataError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise cause from None
+        raise DataError(f"{config}: the {key} section cannot be built: {error}") from None
+
+
+def _input_shape(data: EpisodicDataModule, state: dict[str, Any], ckpt_path: Path) -> tuple[int, ...]:
+    if isinstance(data, TableEpisodes):
+        if "preprocessor" not in state:
+            raise DataError(f"{ckpt_path} holds no table preprocessing; was it written by metaclinic.fit?")
+        return (TablePreprocessor.from_state_dict(state["preprocessor"]).width,)
+    return tuple(data.example_shape)
+
+
+def case_reader(
+    meta_trained: MetaTrained, label_column: str | None = None, id_column: str | None = None
+) -> TableCases | ImageCases:
+    """Reads support and prediction sets in the format ``meta_trained`` was trained on."""
+    data, shape = meta_trained.data, meta_trained.input_shape
+    if isinstance(data, TableEpisodes):
+        preprocessor = TablePreprocessor.from_state_dict(meta_trained.data_state["preprocessor"])
+        return TableCases(data.spec, preprocessor, label_column, id_column)
+    for option, value in (("--label_column", label_column), ("--id_column", id_column)):
+        if value is not None:
+            raise DataError(f"{option} is for table models; {type(data).__name__} reads images")
+    if len(shape) == 3 and shape[0] in (1, 3) and shape[1] == shape[2]:
+        return ImageCases(shape[0], shape[1], data.prepare_inputs)
+    raise DataError(f"{type(data).__name__}: no reader of new cases for inputs of shape {shape}")
+
+
+@dataclass
+class Adapted:
+    """What ``adapt`` computed and wrote."""
+
+    support: SupportSet
+    cases: Cases
+    probabilities: torch.Tensor
+    program: torch.export.ExportedProgram
+    out: Path
+
+
+def adapt(
+    ckpt_path: str | Path,
+    support: str | Path,
+    predict: str | Path,
+    out: str | Path,
+    config: str | Path | None = None,
+    label_column: str | None = None,
+    id_column: str | None = None,
+) -> Adapted:
+    """Adapts the checkpoint to ``support``, predicts ``predict`` and writes the three files into ``out``."""
+    meta_trained = load_meta_trained(ckpt_path, config)
+    model = meta_trained.model
+    reader = case_reader(meta_trained, label_column, id_column)
+    support_set = reader.read_support(support)
+    check_support(model, support_set.classes, support_set.source)
+    cases = reader.read_cases(predict)
+    probabilities = class_probabilities(model, support_set.x, support_set.y, cases.x)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_predictions(out / PREDICTIONS_FILE, cases, support_set.classes, probabilities)
+    classifier = adapted_classifier(model, support_set.x, support_set.y, cases.x)
+    program = export_classifier(classifier, cases.x)
+    with torch.no_grad():
+        exported = program.module()(cases.x)
+    if not torch.allclose(exported, probabilities, rtol=0.0, atol=TOLERANCE):
+        difference = (exported - probabilities).abs().max().item()
+        raise RuntimeError(f"the exported model differs from the adapted one by {difference:.2e}")
+    torch.export.save(program, out / MODEL_FILE)
+    info = _model_info(meta_trained, reader, support_set)
+    (out / MODEL_INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
+    counts = ", ".join(f"{c}: {n}" for c, n in support_set.counts().items())
+    print(
+        f"{type(model).__name__} adapted to {len(support_set.classes)} classes ({counts} support cases); "
+        f"{len(cases.ids)} predictions: {out / PREDICTIONS_FILE}\nAdapted model: {out / MODEL_FILE} "
+        f"(described in {MODEL_INFO_FILE})",
+        flush=True,
+    )
+    return Adapted(support_set, cases, probabilities, program, out)
+
+
+def probability_column(name: str) -> str:
+    return f"probability_{name}"
+
+
+def _write_predictions(path: Path, cases: Cases, classes: list[str], probabilities: torch.Tensor) -> None:
+    table = cases.ids.copy()
+    table["prediction"] = [classes[i] for i in probabilities.argmax(-1).tolist()]
+    for i, name in enumerate(classes):
+        table[probability_column(name)] = probabilities[:, i].double().numpy()
+    table.to_csv(path, index=False)
+
+
+def _model_info(meta_trained: MetaTrained, reader: TableCases | ImageCases, support: SupportSet) -> dict:
+    batch_dependent = uses_batch_statistics(meta_trained.model)
+    return {
+        "file": MODEL_FILE,
+        "usage": f"torch.export.load('{MODEL_FILE}').module()(x): x float32 (batch, *input.shape) -> "
+        "class probabilities (batch, len(classes)) in the order of classes",
+        "algorithm": type(meta_trained.model).__name__,
+        "checkpoint": str(meta_trained.ckpt_path.resolve()),
+        "config": str(meta_trained.config.resolve()),
+        "classes": support.classes,
+        "support": {"source": support.source, "counts": support.counts()},
+        "input": {"shape": list(meta_trained.input_shape), "dtype": "float32", **reader.describe()},
+        "batch_dependent": batch_dependent,
+        "note": (
+            "the backbone normalises with batch statistics: a case's probabilities depend on the other cases "
+            "of its batch; predictions.csv scored all predicted cases in one batch"
+            if batch_dependent
+            else "every case is scored on its own: its probabilities do not depend on the rest of the batch"
+        ),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m metaclinic.adapt",
+        description="Adapt a meta-trained checkpoint to labelled cases and predict new ones.",
+    )
+    parser.add_argument("--ckpt_path", required=True, help="checkpoint of a metaclinic.fit run")
+    parser.add_argument(
+        "--support", required=True, help="labelled cases: a table, or a folder of class folders"
+    )
+    parser.add_argument("--predict", required=True, help="cases to predict: a table, or a folder of images")
+    parser.add_argument("--out", required=True, help="folder for predictions.csv and the adapted model")
+    parser.add_argument(
+        "--config", default=None, help="the run's config.yaml (default: next to checkpoints/)"
+    )
+    parser.add_argument("--label_column", default=None, help="tables: the support set's class column")
+    parser.add_argument("--id_column", default=None, help="tables: a column identifying predicted cases")
+    args = parser.parse_args(argv)
+    try:
+        adapt(**vars(args))
+    except DataError as error:  # bad input: the message says what to change, a traceback adds nothing
+        raise SystemExit(f"metaclinic: error: {error}") from None
+
+
+if __name__ == "__main__":
+    main()
