@@ -63,37 +63,27 @@ def episode_metrics(logits: Tensor, labels: Tensor, positive: Tensor | None = No
     return values
 
 
+def _per_episode(metric, logits: Tensor, labels: Tensor, average: str) -> Tensor:
+    """A torchmetrics classification metric of the top-scoring class, one value per episode."""
+    predicted = logits.argmax(-1)
+    return metric(
+        predicted, labels, num_classes=logits.shape[-1], average=average, multidim_average="samplewise"
+    )
+
+
 def episode_accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     """Fraction of each episode's queries whose highest-scoring class is their label."""
-    return multiclass_accuracy(
-        logits.argmax(-1),
-        labels,
-        num_classes=logits.shape[-1],
-        average="micro",
-        multidim_average="samplewise",
-    )
+    return _per_episode(multiclass_accuracy, logits, labels, "micro")
 
 
 def episode_balanced_accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     """Mean recall of the episode's classes (sklearn's ``balanced_accuracy_score`` when all have queries)."""
-    return multiclass_recall(
-        logits.argmax(-1),
-        labels,
-        num_classes=logits.shape[-1],
-        average="macro",
-        multidim_average="samplewise",
-    )
+    return _per_episode(multiclass_recall, logits, labels, "macro")
 
 
 def episode_macro_f1(logits: Tensor, labels: Tensor) -> Tensor:
     """Mean F1 score of the episode's classes (sklearn's ``f1_score(average="macro")``)."""
-    return multiclass_f1_score(
-        logits.argmax(-1),
-        labels,
-        num_classes=logits.shape[-1],
-        average="macro",
-        multidim_average="samplewise",
-    )
+    return _per_episode(multiclass_f1_score, logits, labels, "macro")
 
 
 def episode_auroc(logits: Tensor, labels: Tensor) -> Tensor:
