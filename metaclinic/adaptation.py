@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -47,9 +46,9 @@ from metaclinic.algorithms.inner_loop import InnerLoopModule
 from metaclinic.algorithms.maml import MAML
 from metaclinic.algorithms.metric import class_means
 from metaclinic.algorithms.protonet import ProtoNet
-from metaclinic.data.image_folder import IMAGE_EXTENSIONS, _list_files, _truncated_images_fail, read_image
+from metaclinic.data.image_folder import IMAGE_EXTENSIONS, list_image_files, read_image, truncated_images_fail
 from metaclinic.data.preprocess import TablePreprocessor
-from metaclinic.data.table import PARQUET_SUFFIXES, Table, TableSpec, read_table
+from metaclinic.data.table import Table, TableSpec, read_header, read_table
 from metaclinic.data.task import TaskBatch
 from metaclinic.errors import DataError
 
@@ -317,7 +316,7 @@ class TableCases:
 
     def read_support(self, path: str | Path) -> SupportSet:
         table, x = self._read(Path(path), labelled=True)
-        labels = self._labels(table)
+        labels = table.labels(self.label_column, self.spec.positive_above)
         unlabelled = np.flatnonzero([v is None for v in labels])
         if unlabelled.size:
             raise DataError(
@@ -397,22 +396,7 @@ class TableCases:
     def _columns(self, file: Path, labelled: bool) -> tuple[list[str] | None, list[str]]:
         """The ``column_names`` to read ``file`` with, and the columns it then has."""
         spec = self.spec
-        parquet = file.suffix.lower() in PARQUET_SUFFIXES
-        try:
-            if parquet:
-                found = [str(c) for c in pq.read_schema(file).names]
-            else:
-                frame = pd.read_csv(
-                    file,
-                    sep=spec.delimiter or ("\t" if file.suffix.lower() == ".tsv" else ","),
-                    header=0 if spec.header else None,
-                    dtype=str,
-                    nrows=1,
-                    encoding="utf-8-sig",
-                )
-                found = [str(c).strip() for c in frame.columns]
-        except (ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError) as error:
-            raise DataError(f"{file}: cannot be read as a table: {error}") from None
+        found = read_header(file, spec)
         if spec.column_names is None:
             return None, found
         # Named by the config (e.g. headerless UCI files): the label column may be left out of predictions.
@@ -424,15 +408,6 @@ class TableCases:
         if not labelled:
             expected += f", or {len(unlabelled)} without the label column"
         raise DataError(f"{file}: has {len(found)} columns; the model's table format has {expected}")
-
-    def _labels(self, table: Table) -> np.ndarray:
-        """Labels as text (``None`` = missing), binarised with the training config's ``positive_above``."""
-        if self.spec.positive_above is None:
-            return table.categories(self.label_column)
-        values = table.numbers(self.label_column)
-        labels = np.where(values > self.spec.positive_above, "1", "0").astype(object)
-        labels[np.isnan(values)] = None
-        return labels
 
 
 class ImageCases:
@@ -466,7 +441,7 @@ class ImageCases:
                 f"{folder}: images directly in the support folder belong to no class (e.g. {loose[0]}); put "
                 "each class's images in a sub-folder named after the class"
             )
-        files = {c: _list_files(folder / c)[0] for c in classes}
+        files = {c: list_image_files(folder / c)[0] for c in classes}
         empty = [str(folder / c) for c, found in files.items() if not found]
         if empty:
             raise DataError(
@@ -502,7 +477,7 @@ class ImageCases:
 
     def _read(self, files: list[Path]) -> Tensor:
         images, problems = [], []
-        with _truncated_images_fail():
+        with truncated_images_fail():
             for path in files:
                 try:
                     self._check_channels(path)

@@ -18,6 +18,7 @@ from metaclinic.errors import DataError
 from metaclinic.models import Conv4
 
 from .conftest import SPLIT
+from .test_algorithms import Linear
 from .test_maml import quiet_trainer
 
 ADAM = functools.partial(torch.optim.Adam, lr=3e-3)
@@ -74,15 +75,6 @@ def test_evaluation_changes_no_weight_and_does_not_depend_on_batching(trained, m
     assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
 
 
-class Identity(nn.Module):
-    """A tiny backbone: the 2-d input is the embedding."""
-
-    out_features = 2
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1)
-
-
 def handmade_batch() -> TaskBatch:
     """Two 2-way 2-shot tasks of 2-d points, over classes (2, 0) and (3, 1) of a 4-class pool."""
     generator = torch.Generator().manual_seed(0)
@@ -94,7 +86,7 @@ def handmade_batch() -> TaskBatch:
 
 @pytest.mark.parametrize("cls", [SimpleShot, BaselinePlusPlus])
 def test_training_loss_is_cross_entropy_over_pool_wide_classes(cls: type):
-    batch, model = handmade_batch(), cls(Identity(), num_classes=4)
+    batch, model = handmade_batch(), cls(Linear(), num_classes=4)
     loss, accuracy = model.supervised_loss(batch)
     x = torch.cat([batch.support_x, batch.query_x], 1).flatten(0, 1)
     pool_labels = torch.tensor([[2, 0, 2, 0, 0, 2, 0, 2], [1, 1, 3, 3, 3, 3, 1, 1]]).flatten()
@@ -106,7 +98,7 @@ def test_training_loss_is_cross_entropy_over_pool_wide_classes(cls: type):
 
 def test_simpleshot_is_nearest_centroid_of_centred_normalised_embeddings():
     batch = handmade_batch()
-    logits = SimpleShot(Identity(), num_classes=4).score_tasks(batch)
+    logits = SimpleShot(Linear(), num_classes=4).score_tasks(batch)
     for task, task_logits in zip(batch, logits, strict=True):
         centre = task.support_x.mean(0)
         support = F.normalize(task.support_x - centre, dim=1)
@@ -118,7 +110,7 @@ def test_simpleshot_is_nearest_centroid_of_centred_normalised_embeddings():
 
 def test_baseline_fits_each_support_set_with_a_fresh_seeded_head():
     batch = handmade_batch()
-    model = Baseline(Identity(), num_classes=4, finetune_steps=300, finetune_lr=0.1)
+    model = Baseline(Linear(), num_classes=4, finetune_steps=300, finetune_lr=0.1)
     logits = model.score_tasks(batch)
     assert logits.shape == (2, 4, 2)
     weight, bias = model.finetune_heads(batch.support_x, batch)

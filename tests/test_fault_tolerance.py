@@ -38,6 +38,7 @@ from metaclinic.models import Conv4
 from metaclinic.tracking import REDACTED, redact_paths
 
 from .conftest import REPO, SPLIT
+from .test_resume import CrashAt
 
 CANARY = "CANARY_PATH_7731"  # in the data root: must not reach the W&B run
 STEPS, VAL_EVERY, SAVE_EVERY = 24, 6, 4
@@ -63,17 +64,6 @@ class SignalAt(Callback):
         if self.signum == signal.SIGTERM:  # in pytest's process the default action would end the session
             assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None), "no SIGTERM handler"
         os.kill(os.getpid(), self.signum)
-
-
-class CrashAt(Callback):
-    """Raises as training step ``step + 1`` starts: on disk, the same as a SIGKILL during that step."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, *args) -> None:
-        if trainer.global_step == self.step:
-            raise RuntimeError("simulated crash")
 
 
 # -- in process: every moment a run can stop at, for checkpoint timing ---------------------------------------

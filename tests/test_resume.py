@@ -15,6 +15,8 @@ from .test_maml import make_maml, quiet_trainer
 
 
 class CrashAt(Callback):
+    """Raises as training step ``step + 1`` starts: on disk, the same as a SIGKILL during that step."""
+
     def __init__(self, step: int) -> None:
         self.step = step
 

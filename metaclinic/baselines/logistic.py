@@ -68,7 +68,6 @@ class PooledLogisticRegression(EpisodicModule):
 
     def setup(self, stage: str) -> None:
         data = self.trainer.datamodule
-        data.setup(stage)
         x, y, names = data.supervised_data("meta_train")
         self.classifier = LogisticRegression(C=self.C, max_iter=self.max_iter)
         self.classifier.fit(_as_rows(x), y.numpy())

@@ -67,7 +67,6 @@ class SupervisedPretraining(EpisodicModule):
             if self.classifier is None:
                 raise ValueError(f"{type(self).__name__} needs num_classes when trained without a datamodule")
             return
-        data.setup(stage)
         num_classes = data.pools["meta_train"].num_classes
         if self.classifier is None:
             self.classifier = self.make_classifier(num_classes).to(self.device)
@@ -194,22 +193,14 @@ class BaselinePlusPlus(Baseline):
         backbone: maps inputs to embeddings.
         num_classes: outputs of the pretraining classifier (default: the meta-train classes).
         scale: multiplies cosine similarities before the softmax.
-        finetune_steps: Adam steps of the new head on each support set.
-        finetune_lr: their learning rate.
-        **kwargs: ``optimizer`` and ``scheduler``.
+        **kwargs: ``finetune_steps``, ``finetune_lr``, ``optimizer`` and ``scheduler`` of :class:`Baseline`.
     """
 
     def __init__(
-        self,
-        backbone: nn.Module,
-        num_classes: int | None = None,
-        scale: float = 2.0,
-        finetune_steps: int = 100,
-        finetune_lr: float = 0.01,
-        **kwargs,
+        self, backbone: nn.Module, num_classes: int | None = None, scale: float = 2.0, **kwargs
     ) -> None:
         self.scale = scale  # before super().__init__, which builds the classifier when num_classes is given
-        super().__init__(backbone, num_classes, finetune_steps, finetune_lr, **kwargs)
+        super().__init__(backbone, num_classes, **kwargs)
 
     def make_classifier(self, num_classes: int) -> nn.Module:
         return CosineClassifier(self.backbone.out_features, num_classes, self.scale)

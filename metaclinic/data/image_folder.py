@@ -32,7 +32,7 @@ def images_to_unit_range(x: Tensor) -> Tensor:
 
 
 @contextlib.contextmanager
-def _truncated_images_fail() -> Iterator[None]:
+def truncated_images_fail() -> Iterator[None]:
     """Makes Pillow raise on truncated files even where other code set ``LOAD_TRUNCATED_IMAGES``.
 
     With that flag Pillow fills the missing rows with grey and says nothing, so a half-copied dataset would
@@ -75,7 +75,7 @@ def read_image(path: Path, channels: int, image_size: int) -> np.ndarray:
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
 
 
-def _list_files(folder: Path) -> tuple[list[Path], list[Path]]:
+def list_image_files(folder: Path) -> tuple[list[Path], list[Path]]:
     """Image files and other files under a class folder, sub-folders included, sorted; hidden ones skipped.
 
     Hidden entries (``.DS_Store``, ``.ipynb_checkpoints/``) are left out silently: they are never data.
@@ -173,7 +173,7 @@ class ImageFolderEpisodes(EpisodicDataModule):
         problems: list[str] = []
         ignored: list[Path] = []
         for name in (name for names in splits.values() for name in names):
-            files[name], others = _list_files(self.root / name)
+            files[name], others = list_image_files(self.root / name)
             ignored += others
             if not files[name]:
                 problems.append(
@@ -189,7 +189,7 @@ class ImageFolderEpisodes(EpisodicDataModule):
             )
         domain = self.root.resolve().name
         pools = {}
-        with _truncated_images_fail():
+        with truncated_images_fail():
             for split, names in splits.items():
                 paths = [path for name in names for path in files[name]]
                 examples = torch.empty((len(paths), *self.example_shape), dtype=torch.uint8)

@@ -8,12 +8,16 @@ after the header, as a spreadsheet shows them below the header line.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from metaclinic.errors import DataError, MissingDataError
 
@@ -98,6 +102,18 @@ class Table:
         """
         return np.array([None if v is None else _canonical(v) for v in self.column(name)], dtype=object)
 
+    def labels(self, name: str, positive_above: float | None) -> np.ndarray:
+        """A label column as text (``None`` = missing); with ``positive_above``, "1" above it and "0" else.
+
+        One definition for training (:class:`TableEpisodes`) and adaptation, so both binarise alike.
+        """
+        if positive_above is None:
+            return self.categories(name)
+        values = self.numbers(name)
+        labels = np.where(values > positive_above, "1", "0").astype(object)
+        labels[np.isnan(values)] = None
+        return labels
+
     def numbers(self, name: str) -> np.ndarray:
         """A column as float64 with NaN where the cell is missing; any other non-number is an error."""
         values = np.full(len(self), np.nan)
@@ -167,6 +183,16 @@ def read_table(spec: TableSpec, root: Path) -> Table:
     return table
 
 
+def read_header(file: Path, spec: TableSpec) -> list[str]:
+    """The column names ``file`` itself gives (before ``column_names``), read without its rows."""
+    with _unreadable_as_data_error(file):
+        if file.suffix.lower() in PARQUET_SUFFIXES:
+            names = pq.read_schema(file).names
+        else:
+            names = pd.read_csv(file, nrows=1, **_csv_options(file, spec)).columns
+    return [str(c).strip() for c in names]
+
+
 def _read_frame(file: Path, spec: TableSpec) -> pd.DataFrame:
     """One file as a frame of stripped strings; Parquet nulls become ``None``."""
     if not file.is_file():
@@ -174,25 +200,17 @@ def _read_frame(file: Path, spec: TableSpec) -> pd.DataFrame:
             f"table file not found: {file} (relative paths start at data.init_args.root, by default "
             "$METACLINIC_DATA_DIR, else ./data)"
         )
-    try:
+    with _unreadable_as_data_error(file):
         if file.suffix.lower() in PARQUET_SUFFIXES:
             typed = pd.read_parquet(file)
             frame = pd.DataFrame(
                 {c: [None if pd.isna(v) else str(v) for v in typed[c]] for c in typed.columns}, dtype=object
             )
         else:
+            options = _csv_options(file, spec)
             frame = pd.read_csv(
-                file,
-                sep=spec.delimiter or ("\t" if file.suffix.lower() == ".tsv" else ","),
-                header=0 if spec.header else None,
-                dtype=str,
-                keep_default_na=False,
-                na_filter=False,
-                encoding="utf-8-sig",
-                skip_blank_lines=True,
+                file, keep_default_na=False, na_filter=False, skip_blank_lines=True, **options
             )
-    except (ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise DataError(f"{file}: cannot be read as a table: {error}") from None
     if spec.column_names is not None:
         if len(spec.column_names) != frame.shape[1]:
             raise DataError(
@@ -207,6 +225,20 @@ def _read_frame(file: Path, spec: TableSpec) -> pd.DataFrame:
     if duplicated:
         raise DataError(f"{file}: duplicated column names {duplicated}")
     return frame
+
+
+def _csv_options(file: Path, spec: TableSpec) -> dict[str, Any]:
+    """How ``pandas.read_csv`` reads ``file``: every cell as text, byte-order mark dropped."""
+    separator = spec.delimiter or ("\t" if file.suffix.lower() == ".tsv" else ",")
+    return {"sep": separator, "header": 0 if spec.header else None, "dtype": str, "encoding": "utf-8-sig"}
+
+
+@contextlib.contextmanager
+def _unreadable_as_data_error(file: Path) -> Iterator[None]:
+    try:
+        yield
+    except (ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise DataError(f"{file}: cannot be read as a table: {error}") from None
 
 
 def _canonical(text: str) -> str:

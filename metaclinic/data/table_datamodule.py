@@ -176,12 +176,7 @@ class TableEpisodes(EpisodicDataModule):
 
     def _labels(self, table: Table, column: str, required: bool) -> np.ndarray:
         """The label of every row as text (``None`` = missing), binarised with ``positive_above``."""
-        if self.spec.positive_above is None:
-            labels = table.categories(column)
-        else:
-            values = table.numbers(column)
-            labels = np.where(values > self.spec.positive_above, "1", "0").astype(object)
-            labels[np.isnan(values)] = None
+        labels = table.labels(column, self.spec.positive_above)
         missing = np.flatnonzero([v is None for v in labels])
         if required and missing.size:
             raise DataError(
