@@ -1,10 +1,13 @@
-"""Runs every ``configs/<algo>_medmnist.yaml`` with the same overrides and prints a results table.
+"""Every algorithm and baseline on the same MedMNIST split, budget and meta-test episodes: the full report.
 
-    python scripts/compare_algorithms.py --runs_dir runs/compare -- --trainer.max_steps=300
+    python scripts/compare_algorithms.py --runs_dir runs/compare --out compare.md -- --trainer.max_steps=300
 
-Everything after ``--`` is passed to every ``python -m metaclinic.fit`` call, so all algorithms share the
-backbone, data split and budget. The table (Markdown) gives meta-test accuracy with its 95% CI and the
-wall time of each run.
+For each method this runs ``python -m metaclinic.fit`` on its ``configs/<name>_medmnist.yaml`` (Baseline++
+is the Baseline config with the cosine classifier), then ``python -m metaclinic.evaluate`` on the run's
+best checkpoint for a shot curve over the same episodes, and finally ``metaclinic.compare`` for paired
+differences to the first method (SimpleShot by default). Everything after ``--`` is passed to every fit,
+so all methods share the backbone, data split and budget. Writes Markdown tables (``--out``) and every
+number (``--out`` with ``.json``); a method that fails is reported as such and the sweep goes on.
 """
 
 from __future__ import annotations
@@ -15,20 +18,105 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-ALGORITHMS = [
-    "maml",
-    "fomaml",
-    "anil",
-    "metasgd",
-    "reptile",
-    "protonet",
-    "matchingnet",
-    "relationnet",
-    "siamese",
-    "simpleshot",
-    "baseline",
-]
+from metaclinic.compare import Run, markdown, paired_differences
+
+REPO = Path(__file__).resolve().parents[1]
+# name: (config under configs/, extra fit arguments). Baselines first: they are the reference.
+METHODS: dict[str, tuple[str, list[str]]] = {
+    "SimpleShot": ("simpleshot_medmnist", []),
+    "Baseline": ("baseline_medmnist", []),
+    "Baseline++": ("baseline_medmnist", ["--model=metaclinic.baselines.BaselinePlusPlus"]),
+    "MAML": ("maml_medmnist", []),
+    "FOMAML": ("fomaml_medmnist", []),
+    "ANIL": ("anil_medmnist", []),
+    "Meta-SGD": ("metasgd_medmnist", []),
+    "Reptile": ("reptile_medmnist", []),
+    "ProtoNet": ("protonet_medmnist", []),
+    "MatchingNet": ("matchingnet_medmnist", []),
+    "RelationNet": ("relationnet_medmnist", []),
+    "Siamese": ("siamese_medmnist", []),
+}
+METRICS = ["accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece"]
+
+
+def run_method(name: str, args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
+    """Fits ``name`` and evaluates its best checkpoint; returns paths, timings and the shot curve."""
+    config, extra = METHODS[name]
+    run_name = name.lower().replace("+", "p").replace("-", "")
+    fit = [
+        sys.executable, "-m", "metaclinic.fit", "--config", str(REPO / "configs" / f"{config}.yaml"), *extra,
+        f"--runs_dir={args.runs_dir}", f"--run_name={run_name}", "--trainer.enable_progress_bar=false",
+        *overrides,
+    ]  # fmt: skip
+    start = time.perf_counter()
+    result = subprocess.run(fit, capture_output=True, text=True)
+    fit_minutes = (time.perf_counter() - start) / 60
+    if result.returncode != 0:
+        print(result.stderr[-3000:], file=sys.stderr)
+        return {"error": f"fit exited with {result.returncode}", "fit_minutes": fit_minutes}
+    run_dir = max(Path(args.runs_dir, run_name).glob("*/meta_test_report.json")).parent
+    checkpoint = json.loads((run_dir / "meta_test_report.json").read_text())["checkpoint"]
+    evaluate = [
+        sys.executable, "-m", "metaclinic.evaluate", "--config", str(run_dir / "config.yaml"),
+        "--ckpt_path", str(run_dir / checkpoint) if checkpoint else "null",
+        "--shots", *map(str, args.shots), "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+    start = time.perf_counter()
+    result = subprocess.run(evaluate, capture_output=True, text=True)
+    evaluate_minutes = (time.perf_counter() - start) / 60
+    if result.returncode != 0:
+        print(result.stderr[-3000:], file=sys.stderr)
+        return {"error": f"evaluate exited with {result.returncode}", "run_dir": str(run_dir)}
+    curve = json.loads((run_dir / "evaluation" / "shot_curve.json").read_text())
+    return {
+        "run_dir": str(run_dir),
+        "report": str(run_dir / "meta_test_report.json"),
+        "fit_minutes": fit_minutes,
+        "evaluate_minutes": evaluate_minutes,
+        "shot_curve": {k: r.get("metrics", {"error": r.get("error")}) for k, r in curve.items()},
+    }
+
+
+def percent(estimate: dict[str, float]) -> str:
+    return f"{100 * estimate['mean']:.1f} ± {100 * estimate['ci95']:.1f}"
+
+
+def tables(results: dict[str, dict[str, Any]], shots: list[int]) -> str:
+    done = {name: r for name, r in results.items() if "error" not in r}
+    lines = [
+        "**At the configured shots: every metric, mean ± 95% CI (%)**",
+        "",
+        "| method | " + " | ".join(METRICS) + " | fit (min) |",
+        "| --- |" + " --- |" * (len(METRICS) + 1),
+    ]
+    for name, result in results.items():
+        if name not in done:
+            lines.append(f"| {name} | {result['error']} |" + " |" * len(METRICS))
+            continue
+        metrics = json.loads(Path(result["report"]).read_text())["metrics"]
+        cells = [percent(metrics[m]) if m in metrics else "" for m in METRICS]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {result['fit_minutes']:.1f} |")
+    for metric in ("accuracy", "auroc"):
+        lines += [
+            "",
+            f"**Shot curve: {metric} (%) on the same episodes' classes, mean ± 95% CI**",
+            "",
+            "| method | " + " | ".join(f"K={k}" for k in shots) + " |",
+            "| --- |" + " --- |" * len(shots),
+        ]
+        for name, result in done.items():
+            curve = result["shot_curve"]
+            cells = [percent(curve[str(k)][metric]) if metric in curve[str(k)] else "n/a" for k in shots]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if len(done) > 1:
+        runs = [Run.read(Path(r["report"])) for r in done.values()]
+        for run, name in zip(runs, done, strict=True):
+            run.name = name
+        lines += ["", "**Paired differences on the same episodes**", ""]
+        lines.append(markdown(paired_differences(runs), runs[0].name))
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -36,45 +124,22 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--runs_dir", default="runs/compare")
-    parser.add_argument("--algorithms", nargs="+", default=ALGORITHMS, choices=ALGORITHMS)
-    parser.add_argument("--out", type=Path, default=None, help="also write the table to this file")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--shots", nargs="+", type=int, default=[1, 5, 10, 20])
+    parser.add_argument("--out", type=Path, default=None, help="write the tables (Markdown) here")
     args, overrides = parser.parse_known_args()
     overrides = [o for o in overrides if o != "--"]
-    repo = Path(__file__).resolve().parents[1]
-    rows = [
-        "| algorithm | meta-test accuracy (%) | 95% CI (±) | episodes | wall time (min) |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for name in args.algorithms:
-        config = repo / "configs" / f"{name}_medmnist.yaml"
-        command = [
-            sys.executable,
-            "-m",
-            "metaclinic.fit",
-            "--config",
-            str(config),
-            f"--runs_dir={args.runs_dir}",
-            "--trainer.enable_progress_bar=false",
-            *overrides,
-        ]
-        start = time.perf_counter()
-        result = subprocess.run(command, capture_output=True, text=True)
-        minutes = (time.perf_counter() - start) / 60
-        if result.returncode != 0:
-            print(result.stderr[-2000:], file=sys.stderr)
-            rows.append(f"| {name} | failed (exit {result.returncode}) | | | {minutes:.1f} |")
-            continue
-        report_file = max(Path(args.runs_dir, f"{name}_medmnist").glob("*/meta_test_report.json"))
-        accuracy = json.loads(report_file.read_text())["metrics"]["accuracy"]
-        rows.append(
-            f"| {name} | {100 * accuracy['mean']:.2f} | {100 * accuracy['ci95']:.2f} | {accuracy['n']} | "
-            f"{minutes:.1f} |"
-        )
-        print(rows[-1], flush=True)
-    table = "\n".join(rows)
-    print(table)
+    results: dict[str, dict[str, Any]] = {}
+    for name in args.methods:
+        results[name] = run_method(name, args, overrides)
+        summary = {k: v for k, v in results[name].items() if k != "shot_curve"}
+        print(f"{name}: {json.dumps(summary)}", flush=True)
+        if args.out:  # after every method, so that a stopped sweep keeps what it measured
+            args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    text = tables(results, args.shots)
+    print("\n" + text)
     if args.out:
-        args.out.write_text(table + "\n")
+        args.out.write_text(text + "\n")
 
 
 if __name__ == "__main__":
