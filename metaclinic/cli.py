@@ -11,7 +11,13 @@ from typing import Any
 from jsonargparse import Namespace
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _get_module_type, _InstantiatorFn
+from lightning.pytorch.cli import (
+    LightningArgumentParser,
+    LightningCLI,
+    SaveConfigCallback,
+    _get_module_type,
+    _InstantiatorFn,
+)
 from lightning.pytorch.loggers import WandbLogger
 
 from metaclinic.algorithms.base import EpisodicModule
@@ -19,13 +25,12 @@ from metaclinic.callbacks import CheckpointOnSigterm, MetaBatchSeeding
 from metaclinic.callbacks import ModelCheckpoint as StepEndCheckpoint
 from metaclinic.data.datamodule import EpisodicDataModule
 from metaclinic.errors import DataError
-from metaclinic.report import MetaTestReport
+from metaclinic.report import REPORT_FILE, MetaTestReport
 from metaclinic.tracking import WandbLogger as SafeWandbLogger
 
 log = logging.getLogger("metaclinic")
 
 RUN_DIR_ENV = "METACLINIC_RUN_DIR"  # shared with DDP worker processes, which re-run the command
-REPORT_FILE = "meta_test_report.json"
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     # MAML-style inner loops need autograd in validation and test (Lightning #17653).
@@ -65,7 +70,7 @@ class MetaClinicCLI(LightningCLI):
     :mod:`metaclinic.tracking` classes (step checkpoints after validation; offline fallback, no data paths).
     """
 
-    def __init__(self, args: list[str] | None = None, **kwargs: Any) -> None:
+    def __init__(self, args: list[str] | None = None, save_config: bool = True, **kwargs: Any) -> None:
         super().__init__(
             EpisodicModule,
             EpisodicDataModule,
@@ -73,6 +78,7 @@ class MetaClinicCLI(LightningCLI):
             subclass_mode_data=True,
             trainer_defaults=TRAINER_DEFAULTS,
             seed_everything_default=0,
+            save_config_callback=SaveConfigCallback if save_config else None,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,  # algorithms take their optimizer in the constructor
             parser_kwargs={"prog": "python -m metaclinic.fit"},
@@ -136,6 +142,10 @@ class MetaClinicCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config
+        # config.yaml records the settings as given, not what is derived below for this run (its directory,
+        # the checkpoint it resumes): ``fit --config <run>/config.yaml`` then starts a new run, same settings.
+        self.portable_config = config.clone()
+        self.portable_config.ckpt_path = None
         run_dir = self._resolve_run_dir(config)
         os.environ[RUN_DIR_ENV] = str(run_dir)
         config.trainer.default_root_dir = str(run_dir)
@@ -154,6 +164,9 @@ class MetaClinicCLI(LightningCLI):
 
     def after_instantiate_classes(self) -> None:
         callbacks = self.trainer.callbacks
+        for callback in callbacks:
+            if isinstance(callback, SaveConfigCallback):
+                callback.config = self.portable_config
         present = {type(callback) for callback in callbacks}
         if MetaBatchSeeding not in present:
             seed = self.config.seed_everything
@@ -165,10 +178,14 @@ class MetaClinicCLI(LightningCLI):
             callbacks.append(CheckpointOnSigterm(self.run_dir / "checkpoints" / "last.ckpt"))
 
 
-def build_cli(args: list[str] | None) -> MetaClinicCLI:
-    """The CLI, with data errors raised while it links data to model (e.g. reading a table) unwrapped."""
+def build_cli(args: list[str] | None, save_config: bool = True) -> MetaClinicCLI:
+    """The CLI, with data errors raised while it links data to model (e.g. reading a table) unwrapped.
+
+    ``save_config=False`` for commands that only read a run (evaluate, adapt): its config.yaml stays as
+    the run wrote it.
+    """
     try:
-        return MetaClinicCLI(args=args)
+        return MetaClinicCLI(args=args, save_config=save_config)
     except ValueError as error:
         cause: BaseException | None = error
         while cause is not None and not isinstance(cause, DataError):
@@ -207,6 +224,7 @@ def score_meta_test(
     report.checkpoint = os.path.relpath(ckpt_path, run_dir) if ckpt_path else None
     # Equal fingerprints and seeds mean equal meta-test episodes: results can be compared pairwise.
     report.extra.update(split_fingerprint=datamodule.split_fingerprint, eval_seed=datamodule.eval_seed)
+    report.extra["baseline"] = model.is_baseline
     return report
 
 

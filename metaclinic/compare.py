@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,13 @@ from typing import Any
 import torch
 
 from metaclinic.errors import DataError
-from metaclinic.report import Estimate
+from metaclinic.report import REPORT_FILE, Estimate
+
+log = logging.getLogger("metaclinic")
 
 MAX_NAME = 28
+BASELINES_FILE = "baselines.md"
+RUN_TIMESTAMP = re.compile(r"\d{8}-\d{6}")  # the name of a run directory, see MetaClinicCLI
 
 
 @dataclass
@@ -39,26 +45,29 @@ class Run:
             raise DataError(
                 f"{path}: has no per-episode values (written by an older metaclinic); re-evaluate"
             )
-        run = path.parent.parent.name if path.parent.name == "evaluation" else path.parent.name
+        run_dir = path.parent.parent if path.parent.name == "evaluation" else path.parent
+        # <runs_dir>/<run name>/<timestamp>/: the run's name says more than its start time
+        run = run_dir.parent.name if RUN_TIMESTAMP.fullmatch(run_dir.name) else run_dir.name
         return cls(f"{report['algorithm']} ({run})"[:MAX_NAME], report)
 
     def values(self, metric: str) -> torch.Tensor:
         return torch.tensor(self.report["per_episode"][metric], dtype=torch.float64)
 
 
+def episode_key(report: dict[str, Any]) -> tuple:
+    """Equal keys, equal episodes: same split, evaluation seed, ways, shots, queries and episode indices."""
+    extra = report.get("extra", {})
+    return (
+        extra.get("split_fingerprint"), extra.get("eval_seed"), report["n_way"], report["n_shot"],
+        report["n_query"], tuple(report.get("episode_index", [])),
+    )  # fmt: skip
+
+
 def check_same_episodes(runs: list[Run]) -> None:
-    """Pairing needs the same episodes: same split, evaluation seed, shots and episode indices."""
-    reference = runs[0].report
-
-    def key(report: dict[str, Any]) -> tuple:
-        extra = report.get("extra", {})
-        return (
-            extra.get("split_fingerprint"), extra.get("eval_seed"), report["n_way"], report["n_shot"],
-            report["n_query"], tuple(report.get("episode_index", [])),
-        )  # fmt: skip
-
+    """Pairing needs the same episodes."""
+    reference = episode_key(runs[0].report)
     for run in runs[1:]:
-        if key(run.report) != key(reference):
+        if episode_key(run.report) != reference:
             raise DataError(
                 f"{run.name} and {runs[0].name} were not scored on the same episodes (split fingerprint, "
                 "evaluation seed, ways/shots/queries or episode indices differ); pairwise differences "
@@ -99,6 +108,49 @@ def markdown(table: dict[str, dict[str, dict[str, Estimate]]], reference: str) -
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append(f"\nΔ: paired mean difference to {reference} over the same episodes, with its 95% CI.")
     return "\n".join(lines)
+
+
+def find_baseline_reports(runs_dir: Path, reference: dict[str, Any]) -> list[Path]:
+    """The newest report of every baseline method under ``runs_dir`` scored on ``reference``'s episodes.
+
+    Runs are ``<runs_dir>/<run name>/<timestamp>/meta_test_report.json``; a baseline's report says so
+    (``extra.baseline``). Sorted by method name, so the table's order does not depend on run times.
+    """
+    newest: dict[str, tuple[float, Path]] = {}
+    for path in Path(runs_dir).glob(f"*/*/{REPORT_FILE}"):
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # a run being written, or not a report: not a baseline to show
+        if not report.get("extra", {}).get("baseline") or "per_episode" not in report:
+            continue
+        if episode_key(report) != episode_key(reference):
+            continue
+        mtime = path.stat().st_mtime
+        if report["algorithm"] not in newest or mtime > newest[report["algorithm"]][0]:
+            newest[report["algorithm"]] = (mtime, path)
+    return [newest[name][1] for name in sorted(newest)]
+
+
+def show_baselines(report_path: Path, runs_dir: Path) -> str | None:
+    """Prints the report beside the baselines scored on its episodes and writes ``baselines.md`` next to it.
+
+    Returns the table, or ``None`` (with a hint how to get one) when no baseline run shares the episodes.
+    """
+    reference = Run.read(report_path)
+    found = find_baseline_reports(runs_dir, reference.report)
+    if not found:
+        log.warning(
+            "No baseline run under %s was scored on these meta-test episodes. To see this result beside "
+            "SimpleShot (or Baseline, Baseline++), fit the same config and data settings with "
+            "--model=metaclinic.baselines.SimpleShot and a --run_name of its own, into the same --runs_dir.",
+            runs_dir,
+        )
+        return None
+    text = markdown(paired_differences([reference, *map(Run.read, found)]), reference.name)
+    print(f"\nBeside the baselines (same episodes):\n{text}\n", flush=True)
+    (report_path.parent / BASELINES_FILE).write_text(text + "\n")
+    return text
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,19 +12,31 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import WandbLogger
 
-from metaclinic.cli import MetaClinicCLI, build_cli, publish_report, score_meta_test
+from metaclinic.cli import RUN_DIR_ENV, MetaClinicCLI, build_cli, publish_report, score_meta_test
+from metaclinic.compare import (
+    BASELINES_FILE,
+    Run,
+    episode_key,
+    find_baseline_reports,
+    markdown,
+    paired_differences,
+)
 from metaclinic.errors import DataError
 from metaclinic.plots import plot_reliability, plot_shot_curves
-from metaclinic.report import MetaTestReport
+from metaclinic.report import REPORT_FILE, MetaTestReport
 
 log = logging.getLogger("metaclinic")
 
 DEFAULT_SHOTS = (1, 5, 10, 20)
+CURVE_FILE = "shot_curve.json"
 
 
 def shot_curve(cli: MetaClinicCLI, ckpt_path: str | None, shots: list[int]) -> dict[str, Any]:
@@ -49,33 +61,122 @@ def shot_curve(cli: MetaClinicCLI, ckpt_path: str | None, shots: list[int]) -> d
     return curve
 
 
+@contextmanager
+def _own_run_directory() -> Iterator[None]:
+    """A second CLI in this process resolves its own run directory (the first one's is in the environment)."""
+    inherited = os.environ.pop(RUN_DIR_ENV, None)
+    try:
+        yield
+    finally:
+        if inherited is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = inherited
+
+
+def baseline_curve(
+    run_dir: Path, shots: list[int], reference: dict[str, Any], data_overrides: list[str]
+) -> tuple[Run, dict[str, Any]]:
+    """A baseline run's report on the reference's episodes and its shot curve at ``shots``.
+
+    The curve in ``<run_dir>/evaluation/shot_curve.json`` is reused when it holds every K on the reference's
+    episodes; otherwise the run's checkpoint is scored again (and that file rewritten). ``data_overrides``
+    (e.g. the data root on this machine) apply to the baseline too, so that it sees the same episodes.
+    """
+    report_path = run_dir / REPORT_FILE
+    if not report_path.is_file():
+        raise DataError(f"--baselines {run_dir}: no {REPORT_FILE}; give the directory of a finished run")
+    run = Run.read(report_path)
+    cache = run_dir / "evaluation" / CURVE_FILE
+    cached = json.loads(cache.read_text()) if cache.is_file() else {}
+
+    def reusable(k: int) -> bool:
+        entry, wanted = cached.get(str(k)), reference.get(str(k), {})
+        if entry is None:
+            return False
+        if "error" in entry or "error" in wanted:
+            return "error" in entry and "error" in wanted
+        return episode_key(entry) == episode_key(wanted)
+
+    if all(reusable(k) for k in shots):
+        curve = {str(k): cached[str(k)] for k in shots}
+    else:
+        checkpoint = run.report.get("checkpoint")
+        args = ["--config", str(run_dir / "config.yaml"), "--trainer.logger=false", *data_overrides]
+        if checkpoint:
+            args.append(f"--ckpt_path={run_dir / checkpoint}")
+        with _own_run_directory():
+            cli = build_cli(args, save_config=False)
+            curve = shot_curve(cli, str(run_dir / checkpoint) if checkpoint else None, shots)
+        if cli.trainer.is_global_zero:
+            cache.parent.mkdir(exist_ok=True)
+            cache.write_text(json.dumps(curve, indent=1) + "\n")
+    return run, curve
+
+
 def evaluate(
-    config: str, ckpt_path: str, shots: list[int], out: Path | None, overrides: list[str]
+    config: str,
+    ckpt_path: str,
+    shots: list[int],
+    out: Path | None,
+    overrides: list[str],
+    baselines: list[Path] | None = None,
 ) -> MetaTestReport:
-    """Writes ``evaluation.json`` (the report plus the shot curve) and the plots; returns the report."""
-    cli = build_cli(["--config", config, f"--ckpt_path={ckpt_path}", *overrides])
+    """Writes the report, shot curve, baselines beside it and plots; returns the report.
+
+    ``baselines``: run directories of baseline methods to show beside the model; ``None`` finds the newest
+    run of each baseline method under the run's ``runs_dir`` that was scored on the same episodes.
+    """
+    cli = build_cli(["--config", config, f"--ckpt_path={ckpt_path}", *overrides], save_config=False)
     out = out or Path(cli.run_dir) / "evaluation"
     report = score_meta_test(cli.trainer, cli.model, cli.datamodule, ckpt_path, cli.run_dir)
     curve = shot_curve(cli, ckpt_path, shots)
+    name = f"{report.algorithm} (this run)"
+    curves, beside = {name: curve}, []
+    if not cli.model.is_baseline:
+        if baselines is None:
+            found = find_baseline_reports(Path(cli.config.runs_dir), report.to_dict())
+            baselines = [path.parent for path in found]
+        data_overrides = [arg for arg in overrides if arg.startswith("--data")]
+        for run_dir in baselines:
+            run, curves_of_run = baseline_curve(Path(run_dir), shots, curve, data_overrides)
+            beside.append(
+                Run(run.name, curves_of_run[str(report.n_shot)])
+                if str(report.n_shot) in curves_of_run
+                else run
+            )
+            curves[run.name] = curves_of_run
     if not cli.trainer.is_global_zero:
         return report
-    publish_report(report, cli.trainer, out / "meta_test_report.json")
-    (out / "shot_curve.json").write_text(json.dumps(curve, indent=1) + "\n")
-    title = f"{report.algorithm}, {report.n_way}-way"
-    plots = plot_shot_curves(curve, out, title=title)
+    publish_report(report, cli.trainer, out / REPORT_FILE)
+    (out / CURVE_FILE).write_text(json.dumps(curve, indent=1) + "\n")
+    if beside:
+        text = markdown(paired_differences([Run(name, report.to_dict()), *beside]), name)
+        print(f"\nBeside the baselines (same episodes):\n{text}\n", flush=True)
+        (out / BASELINES_FILE).write_text(text + "\n")
+        baseline_curves = {run.name: curves[run.name] for run in beside}
+        (out / "baselines_shot_curves.json").write_text(json.dumps(baseline_curves, indent=1) + "\n")
+    elif not cli.model.is_baseline:
+        log.warning("No baseline beside this model: see `python -m metaclinic.evaluate --help` (--baselines)")
+    title = f"{report.n_way}-way, {len(report.per_episode.get('accuracy', []))} episodes"
+    plots = plot_shot_curves(curves, out, title=title)
     plots.append(
-        plot_reliability(report.reliability, out / "reliability.png", f"{title} {report.n_shot}-shot")
+        plot_reliability(
+            report.reliability, out / "reliability.png", f"{report.algorithm}, {report.n_shot}-shot"
+        )
     )
     for logger in cli.trainer.loggers:
         if isinstance(logger, WandbLogger):
             logger.log_image("evaluation/plots", images=[str(p) for p in plots])
             rows = [
-                [int(k), name, e["mean"], e["ci95"]]
-                for k, r in curve.items()
+                [method, int(k), metric, e["mean"], e["ci95"]]
+                for method, c in curves.items()
+                for k, r in c.items()
                 if "metrics" in r
-                for name, e in r["metrics"].items()
+                for metric, e in r["metrics"].items()
             ]
-            logger.log_table("evaluation/shot_curve", columns=["shots", "metric", "mean", "ci95"], data=rows)
+            columns = ["method", "shots", "metric", "mean", "ci95"]
+            logger.log_table("evaluation/shot_curve", columns=columns, data=rows)
     print(f"Shot curve and plots: {out}", flush=True)
     return report
 
@@ -90,9 +191,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ckpt_path", required=True, help="the checkpoint to evaluate")
     parser.add_argument("--shots", type=int, nargs="+", default=list(DEFAULT_SHOTS), help="shot curve")
     parser.add_argument("--out", type=Path, default=None, help="default: <run dir>/evaluation")
+    parser.add_argument(
+        "--baselines",
+        type=Path,
+        nargs="*",
+        default=None,
+        help="run directories of baselines to show beside the model (default: the newest run of each\n"
+        "baseline method under the run's runs_dir on the same episodes; none given: no baselines)",
+    )
     args, overrides = parser.parse_known_args(argv)
     try:
-        evaluate(args.config, args.ckpt_path, args.shots, args.out, overrides)
+        evaluate(args.config, args.ckpt_path, args.shots, args.out, overrides, args.baselines)
     except DataError as error:
         raise SystemExit(f"metaclinic: error: {error}") from None
 

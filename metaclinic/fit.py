@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import pickle
 import signal
+from pathlib import Path
 
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from metaclinic.cli import best_checkpoint, build_cli, meta_test
+from metaclinic.compare import show_baselines
 from metaclinic.errors import DataError
-from metaclinic.report import MetaTestReport
+from metaclinic.report import REPORT_FILE, MetaTestReport
 
 log = logging.getLogger("metaclinic")
 
@@ -43,7 +45,10 @@ def run(args: list[str] | None = None) -> MetaTestReport | None:
         checkpoint = best_checkpoint(cli.trainer)
     else:
         log.info("%s has nothing to meta-train: evaluating it directly", type(cli.model).__name__)
-    return meta_test(cli.trainer, cli.model, cli.datamodule, checkpoint, cli.run_dir)
+    report = meta_test(cli.trainer, cli.model, cli.datamodule, checkpoint, cli.run_dir)
+    if cli.trainer.is_global_zero and not cli.model.is_baseline:
+        show_baselines(cli.run_dir / REPORT_FILE, Path(cli.config.runs_dir))
+    return report
 
 
 def _unpickling_reason(error: pickle.UnpicklingError) -> str:

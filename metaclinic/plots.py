@@ -13,26 +13,38 @@ import matplotlib.pyplot as plt
 CURVE_METRICS = {"accuracy": "accuracy", "auroc": "AUROC"}
 
 
-def plot_shot_curves(curve: dict[str, Any], out: Path, title: str = "") -> list[Path]:
-    """One PNG per metric (accuracy, AUROC): mean against shots with its 95% CI as a band."""
+def plot_shot_curves(curves: dict[str, dict[str, Any]], out: Path, title: str = "") -> list[Path]:
+    """One PNG per metric (accuracy, AUROC): each method's mean against shots, its 95% CI as a band.
+
+    ``curves`` maps a method's name to its shot curve (``{K: report dict or {"error": ...}}``).
+    """
     out.mkdir(parents=True, exist_ok=True)
-    points = sorted((int(k), r["metrics"]) for k, r in curve.items() if "metrics" in r)
     paths = []
     for metric, label in CURVE_METRICS.items():
-        rows = [(k, m[metric]) for k, m in points if metric in m]
-        if not rows:
+        figure, axes = plt.subplots(figsize=(5.0, 3.4), dpi=120)
+        ticks: set[int] = set()
+        for name, curve in curves.items():
+            rows = sorted(
+                (int(k), r["metrics"][metric]) for k, r in curve.items() if metric in r.get("metrics", {})
+            )
+            if not rows:
+                continue
+            shots = [k for k, _ in rows]
+            mean = [100 * e["mean"] for _, e in rows]
+            half = [100 * e["ci95"] for _, e in rows]
+            axes.plot(shots, mean, marker="o", label=name)
+            axes.fill_between(shots, [m - h for m, h in zip(mean, half, strict=True)],
+                              [m + h for m, h in zip(mean, half, strict=True)], alpha=0.2)  # fmt: skip
+            ticks.update(shots)
+        if not ticks:
+            plt.close(figure)
             continue
-        shots = [k for k, _ in rows]
-        mean = [100 * e["mean"] for _, e in rows]
-        half = [100 * e["ci95"] for _, e in rows]
-        figure, axes = plt.subplots(figsize=(4.5, 3.2), dpi=120)
-        axes.plot(shots, mean, marker="o")
-        axes.fill_between(shots, [m - h for m, h in zip(mean, half, strict=True)],
-                          [m + h for m, h in zip(mean, half, strict=True)], alpha=0.25)  # fmt: skip
         axes.set(xscale="log", xlabel="shots per class (K)", ylabel=f"{label} (%)", title=title)
-        axes.set_xticks(shots, [str(k) for k in shots])
+        axes.set_xticks(sorted(ticks), [str(k) for k in sorted(ticks)])
         axes.minorticks_off()
         axes.grid(alpha=0.3)
+        if len(curves) > 1:
+            axes.legend(fontsize=7)
         figure.tight_layout()
         path = out / f"{metric}_vs_shots.png"
         figure.savefig(path)

@@ -14,6 +14,7 @@ import torch
 from scipy import stats
 
 MIXED_DOMAIN = "mixed"  # the breakdown's name for episodes whose classes come from several domains
+REPORT_FILE = "meta_test_report.json"  # in every run directory, and in its evaluation/
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,9 @@ METHODS = {
     "ProtoNet": "metaclinic.algorithms.ProtoNet",
     "LR, support set only": "metaclinic.baselines.SupportLogisticRegression",
     "LR, 3 hospitals pooled": "metaclinic.baselines.PooledLogisticRegression",
+    "SimpleShot": "metaclinic.baselines.SimpleShot",
+    "Baseline": "metaclinic.baselines.Baseline",
+    "Baseline++": "metaclinic.baselines.BaselinePlusPlus",
 }
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +43,7 @@ def run_cell(hospital: str, shots: int, method: str, args: argparse.Namespace, o
         f"--data.init_args.meta_test=[{hospital}]",
         f"--data.init_args.n_shot={shots}",
         f"--runs_dir={args.runs_dir}",
-        f"--run_name={hospital}-{shots}shot-{method.split(',')[0].replace(' ', '')}",
+        f"--run_name={hospital}-{shots}shot-{method.split(',')[0].replace(' ', '').replace('+', 'p')}",
         "--trainer.logger=false",
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",

@@ -38,7 +38,7 @@ def test_a_shot_curve_keeps_each_episodes_classes(make_datamodule):
     assert torch.equal(at[1], at[3])
 
 
-def test_evaluate_writes_report_shot_curve_and_plots(medmnist_root: Path, tmp_path: Path):
+def test_evaluate_writes_report_shot_curve_and_plots_beside_a_baseline(medmnist_root: Path, tmp_path: Path):
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
     fit = [
         sys.executable, "-m", "metaclinic.fit", "--config", str(REPO / "configs/quickstart.yaml"),
@@ -47,10 +47,19 @@ def test_evaluate_writes_report_shot_curve_and_plots(medmnist_root: Path, tmp_pa
         "--data.init_args.val_episodes=8", "--data.init_args.test_episodes=30", "--trainer.max_steps=20",
         "--trainer.enable_progress_bar=false", "--model.init_args.backbone.init_args.hidden=8",
     ]  # fmt: skip
+    simpleshot = [
+        "--model=metaclinic.baselines.SimpleShot",
+        "--run_name=simpleshot",
+        "--trainer.logger=false",
+    ]
+    result = subprocess.run([*fit, *simpleshot], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
     result = subprocess.run(fit, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "Beside the baselines (same episodes)" in result.stdout  # the end of fit shows SimpleShot too
     (run,) = (tmp_path / "quickstart").iterdir()
     fitted = json.loads((run / "meta_test_report.json").read_text())
+    config = (run / "config.yaml").read_text()
     (checkpoint,) = run.glob("checkpoints/best-*.ckpt")
     evaluate = [
         sys.executable, "-m", "metaclinic.evaluate", "--config", str(run / "config.yaml"),
@@ -58,6 +67,7 @@ def test_evaluate_writes_report_shot_curve_and_plots(medmnist_root: Path, tmp_pa
     ]  # fmt: skip
     result = subprocess.run(evaluate, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert (run / "config.yaml").read_text() == config  # evaluating a run leaves its config as fit wrote it
     out = run / "evaluation"
     report = json.loads((out / "meta_test_report.json").read_text())
     assert report["metrics"]["accuracy"] == fitted["metrics"]["accuracy"]  # the end of fit reported the same
@@ -69,3 +79,21 @@ def test_evaluate_writes_report_shot_curve_and_plots(medmnist_root: Path, tmp_pa
     for name in ("accuracy_vs_shots.png", "auroc_vs_shots.png", "reliability.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(list(run.glob("wandb/offline-run-*"))) == 2  # fit's run and evaluate's
+
+    # The baseline beside it: found under the same runs_dir, scored at every K on the same episodes.
+    (baseline_run,) = (tmp_path / "simpleshot").iterdir()
+    baseline = json.loads((baseline_run / "meta_test_report.json").read_text())
+    (name,) = json.loads((out / "baselines_shot_curves.json").read_text())
+    baseline_curve = json.loads((out / "baselines_shot_curves.json").read_text())[name]
+    assert baseline_curve["2"]["metrics"]["accuracy"] == baseline["metrics"]["accuracy"]
+    assert baseline_curve["1"]["episode_index"] == curve["1"]["episode_index"]
+    assert baseline_curve["1"]["extra"] == {**curve["1"]["extra"], "baseline": True}
+    table = (out / "baselines.md").read_text()
+    assert name in table and "Δ" in table and "(this run)" in table
+    # A second evaluation reuses the baseline's scored curve instead of scoring it again.
+    cache = baseline_run / "evaluation" / "shot_curve.json"
+    written = cache.stat().st_mtime_ns
+    result = subprocess.run([*evaluate[:-3], "1", "2"], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert cache.stat().st_mtime_ns == written
+    assert "Beside the baselines" in result.stdout

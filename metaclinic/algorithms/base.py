@@ -49,6 +49,7 @@ class EpisodicModule(LightningModule):
     """
 
     meta_trained = True  # False for baselines that have nothing to meta-train (fit goes straight to test)
+    is_baseline = False  # True for the reference methods that reports show beside every meta-learner
 
     def __init__(
         self, optimizer: OptimizerCallable = torch.optim.Adam, scheduler: LRSchedulerCallable | None = None

@@ -32,6 +32,7 @@ class SupportLogisticRegression(EpisodicModule):
     """
 
     meta_trained = False
+    is_baseline = True
 
     def __init__(self, C: float = 1.0, max_iter: int = 1000) -> None:
         super().__init__()
@@ -59,6 +60,7 @@ class PooledLogisticRegression(EpisodicModule):
     """
 
     meta_trained = False
+    is_baseline = True
 
     def __init__(self, C: float = 1.0, max_iter: int = 1000) -> None:
         super().__init__()

@@ -53,6 +53,8 @@ class SupervisedPretraining(EpisodicModule):
         **kwargs: ``optimizer`` and ``scheduler``.
     """
 
+    is_baseline = True
+
     def __init__(self, backbone: nn.Module, num_classes: int | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.backbone = backbone
