@@ -38,22 +38,15 @@ import torch
 import yaml
 from jsonargparse import ArgumentError, ArgumentParser, Namespace
 
-from metaclinic.adaptation import (
-    Cases,
-    ImageCases,
-    SupportSet,
-    TableCases,
-    adapted_classifier,
-    check_support,
-    class_probabilities,
-    export_classifier,
-)
-from metaclinic.algorithms.base import EpisodicModule, uses_batch_statistics
+from metaclinic.adaptation import adapted_classifier, check_support, class_probabilities, export_classifier
+from metaclinic.algorithms.base import EpisodicModule
+from metaclinic.data.cases import Cases, ImageCases, SupportSet, TableCases
 from metaclinic.data.datamodule import EpisodicDataModule
 from metaclinic.data.preprocess import TablePreprocessor
 from metaclinic.data.table_datamodule import TableEpisodes
 from metaclinic.errors import DataError, MissingDataError
 from metaclinic.fit import UnsafeCheckpointError
+from metaclinic.models.batch_norm import uses_batch_statistics
 
 PREDICTIONS_FILE = "predictions.csv"
 MODEL_FILE = "adapted_model.pt2"

@@ -12,15 +12,10 @@ import torch
 from PIL import Image
 
 from metaclinic.adapt import load_meta_trained, main, probability_column
-from metaclinic.adaptation import (
-    ImageCases,
-    TableCases,
-    adapted_classifier,
-    check_support,
-    class_probabilities,
-    export_classifier,
-)
+from metaclinic.adaptation import adapted_classifier, check_support, class_probabilities, export_classifier
 from metaclinic.algorithms import ANIL, MAML, MatchingNet, MetaSGD, ProtoNet, RelationNet, Reptile, Siamese
+from metaclinic.baselines import Baseline, BaselinePlusPlus, SimpleShot
+from metaclinic.data.cases import ImageCases, TableCases
 from metaclinic.data.datamodule import DATA_DIR_ENV
 from metaclinic.data.image_folder import images_to_unit_range
 from metaclinic.data.preprocess import TablePreprocessor
@@ -192,12 +187,20 @@ ALGORITHMS = {
     "MatchingNet": lambda b: MatchingNet(b, fce=True, fce_steps=2),
     "RelationNet": lambda b: RelationNet(b, hidden=8),
     "Siamese": lambda b: Siamese(b),
+    "SimpleShot": lambda b: SimpleShot(b, num_classes=4),
+    "Baseline": lambda b: Baseline(b, num_classes=4, finetune_steps=20),
+    "Baseline++": lambda b: BaselinePlusPlus(b, num_classes=4, finetune_steps=20),
 }
 
 
 @pytest.mark.parametrize(
     ("algorithm", "backbone"),
-    [*((name, "mlp") for name in ALGORITHMS), ("ANIL", "conv4"), ("ProtoNet", "conv4")],
+    [
+        *((name, "mlp") for name in ALGORITHMS),
+        ("ANIL", "conv4"),
+        ("ProtoNet", "conv4"),
+        ("Baseline", "conv4"),
+    ],
 )
 def test_the_exported_model_gives_the_evaluation_probabilities(algorithm: str, backbone: str):
     shape = (10,) if backbone == "mlp" else (1, 16, 16)

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from metaclinic import algorithms
-from metaclinic.algorithms.metric import class_means
+from metaclinic.algorithms.pooling import class_means
 from metaclinic.data.task import TaskBatch
 from metaclinic.models import Conv4
 

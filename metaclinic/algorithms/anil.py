@@ -7,10 +7,13 @@ the outer loop alone. The backbone embeds the whole meta-batch before any inner 
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor, nn
 
 from metaclinic.algorithms._learn2learn import learn2learn as l2l
+from metaclinic.algorithms.adapted import AdaptedHead, one_episode, with_weights
 from metaclinic.algorithms.inner_loop import InnerLoopModule
 from metaclinic.data.task import TaskBatch
 
@@ -37,3 +40,10 @@ class ANIL(InnerLoopModule):
                 for s, y, q in zip(support, batch.support_y, query, strict=True)
             ]
         )
+
+    def adapted_classifier(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> nn.Module:
+        # The head adapts to support embeddings normalised together with query_x, as in evaluation.
+        episode = one_episode(support_x, support_y, query_x, self.n_way)
+        support, _ = self.embed_episodes(self.backbone, episode)
+        head = with_weights(self.head.module, self.inner_loop(self.head, support[0], support_y).module)
+        return AdaptedHead(copy.deepcopy(self.backbone), head, support_x)

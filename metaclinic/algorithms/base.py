@@ -12,6 +12,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import CatMetric, MeanMetric
 
+from metaclinic.algorithms.adapted import SupportSetClassifier
 from metaclinic.data.pool import ClassPool
 from metaclinic.data.task import Task, TaskBatch
 from metaclinic.metrics import (
@@ -21,14 +22,8 @@ from metaclinic.metrics import (
     episode_metrics,
     reliability_bins,
 )
+from metaclinic.models.batch_norm import uses_batch_statistics
 from metaclinic.report import MIXED_DOMAIN, MetaTestReport
-
-
-def uses_batch_statistics(module: nn.Module) -> bool:
-    """Whether some batch norm layer of ``module`` normalises with the current batch even in eval mode."""
-    return any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats for m in module.modules()
-    )
 
 
 class EpisodicModule(LightningModule):
@@ -124,6 +119,16 @@ class EpisodicModule(LightningModule):
 
     def check_episode(self, batch: TaskBatch) -> None:
         """Raises if the algorithm cannot handle these episodes (e.g. a fixed head of another width)."""
+
+    def adapted_classifier(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> nn.Module:
+        """This model adapted to one support set: a plain module from inputs to class probabilities.
+
+        ``metaclinic.adapt`` exports it with ``torch.export``; it must give the probabilities evaluation gives
+        for an episode with this support set and the query set ``query_x``. The default scores its inputs
+        as a query set with ``score_tasks`` (right for algorithms that only compare with the support set);
+        algorithms that adapt weights return a module with the adapted weights instead.
+        """
+        return SupportSetClassifier(self, support_x, support_y)
 
     # -- the shared meta-batch step --------------------------------------------------------------------------
     def _step(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:

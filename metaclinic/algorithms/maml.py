@@ -11,6 +11,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from metaclinic.algorithms._learn2learn import learn2learn as l2l
+from metaclinic.algorithms.adapted import AdaptedNetwork, with_weights
 from metaclinic.algorithms.inner_loop import InnerLoopModule
 from metaclinic.data.task import Task
 
@@ -39,3 +40,7 @@ class MAML(InnerLoopModule):
 
     def adapt_and_score(self, task: Task) -> Tensor:
         return self.inner_loop(self.learner, task.support_x, task.support_y)(task.query_x)
+
+    def adapted_classifier(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> nn.Module:
+        learner = self.inner_loop(self.learner, support_x, support_y)
+        return AdaptedNetwork(with_weights(self.learner.module, learner.module))

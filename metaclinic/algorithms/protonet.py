@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaclinic.algorithms.metric import MetricModule, class_means
+from metaclinic.algorithms.adapted import PrototypeClassifier
+from metaclinic.algorithms.metric import MetricModule
+from metaclinic.algorithms.pooling import class_means
 from metaclinic.data.task import TaskBatch
 
 
@@ -47,3 +49,6 @@ class ProtoNet(MetricModule):
                 @ F.normalize(prototypes, dim=-1).transpose(1, 2)
             )
         return -torch.cdist(query, prototypes).pow(2)
+
+    def adapted_classifier(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> nn.Module:
+        return PrototypeClassifier(self.backbone, support_x, support_y, self.distance, self.temperature)

@@ -13,15 +13,17 @@ fixed episodes as every algorithm, for any number of ways and shots.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metaclinic.algorithms.adapted import AdaptedHead, one_episode
 from metaclinic.algorithms.base import EpisodicModule
 from metaclinic.algorithms.inner_loop import full_precision
-from metaclinic.algorithms.metric import class_means
+from metaclinic.algorithms.pooling import class_means
 from metaclinic.data.task import TaskBatch
 from metaclinic.errors import DataError
 
@@ -119,7 +121,10 @@ class SimpleShot(SupervisedPretraining):
         support, query = self.embed_episodes(self.backbone, batch)
         centre = support.mean(1, keepdim=True)
         support, query = F.normalize(support - centre, dim=-1), F.normalize(query - centre, dim=-1)
-        return -torch.cdist(query, class_means(support, batch.support_y, batch.n_way))
+        centroids = class_means(support, batch.support_y, batch.n_way)
+        # By definition rather than torch.cdist, whose algorithm changes with the batch size (above 25 rows),
+        # which torch.export cannot follow: the adapted model then exports for any number of cases.
+        return -(query.unsqueeze(2) - centroids.unsqueeze(1)).norm(dim=-1)
 
 
 class Baseline(SupervisedPretraining):
@@ -155,11 +160,25 @@ class Baseline(SupervisedPretraining):
         """
         return x @ weight.transpose(1, 2) + bias.unsqueeze(1)
 
+    def new_head(self, weight: Tensor, bias: Tensor) -> nn.Module:
+        """The fine-tuned head of one episode as a module (for the adapted model)."""
+        head = nn.Linear(weight.shape[1], weight.shape[0])
+        head.load_state_dict({"weight": weight, "bias": bias})
+        return head
+
     def score_tasks(self, batch: TaskBatch) -> Tensor:
         with torch.no_grad():
             support, query = self.embed_episodes(self.backbone, batch)
         weight, bias = self.finetune_heads(support, batch)
         return self.head_logits(query.to(weight.dtype), weight, bias)
+
+    def adapted_classifier(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> nn.Module:
+        batch = one_episode(support_x, support_y, query_x, int(support_y.max()) + 1)
+        with torch.no_grad():
+            support, _ = self.embed_episodes(self.backbone, batch)
+        weight, bias = self.finetune_heads(support, batch)
+        head = self.new_head(weight[0], bias[0]).requires_grad_(False)
+        return AdaptedHead(copy.deepcopy(self.backbone), head, support_x)
 
     def finetune_heads(self, support: Tensor, batch: TaskBatch) -> tuple[Tensor, Tensor]:
         """Weights and biases of every episode's head, fine-tuned on its support embeddings.
@@ -209,3 +228,8 @@ class BaselinePlusPlus(Baseline):
 
     def head_logits(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         return cosine_logits(x, weight, self.scale)  # no bias, as in the paper
+
+    def new_head(self, weight: Tensor, bias: Tensor) -> nn.Module:
+        head = CosineClassifier(weight.shape[1], weight.shape[0], self.scale)
+        head.weight.data.copy_(weight)
+        return head
