@@ -138,7 +138,7 @@ class MetaClinicCLI(LightningCLI):
             return candidates[-1].parent.parent
         if config.ckpt_path and Path(config.ckpt_path).parent.name == "checkpoints":
             return Path(config.ckpt_path).parent.parent
-        return group / time.strftime("%Y%m%d-%H%M%S")
+        return _new_run_directory(group)
 
     def before_instantiate_classes(self) -> None:
         config = self.config
@@ -146,6 +146,7 @@ class MetaClinicCLI(LightningCLI):
         # the checkpoint it resumes): ``fit --config <run>/config.yaml`` then starts a new run, same settings.
         self.portable_config = config.clone()
         self.portable_config.ckpt_path = None
+        self.portable_config.run_name = self._run_name(config)  # not "config", the saved file's name
         run_dir = self._resolve_run_dir(config)
         os.environ[RUN_DIR_ENV] = str(run_dir)
         config.trainer.default_root_dir = str(run_dir)
@@ -176,6 +177,19 @@ class MetaClinicCLI(LightningCLI):
         callbacks.sort(key=lambda c: isinstance(c, ModelCheckpoint) and c.monitor is None)
         if self.trainer.checkpoint_callbacks and CheckpointOnSigterm not in present:
             callbacks.append(CheckpointOnSigterm(self.run_dir / "checkpoints" / "last.ckpt"))
+
+
+def _new_run_directory(group: Path) -> Path:
+    """``<group>/<timestamp>``, created here so that runs started in the same second get their own."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1, 1000):
+        run_dir = group / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+        try:
+            run_dir.mkdir(parents=True)
+            return run_dir
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"{group}: no free run directory name for {stamp}")
 
 
 def build_cli(args: list[str] | None, save_config: bool = True) -> MetaClinicCLI:

@@ -25,7 +25,7 @@ log = logging.getLogger("metaclinic")
 
 MAX_NAME = 28
 BASELINES_FILE = "baselines.md"
-RUN_TIMESTAMP = re.compile(r"\d{8}-\d{6}")  # the name of a run directory, see MetaClinicCLI
+RUN_TIMESTAMP = re.compile(r"\d{8}-\d{6}(-\d+)?")  # the name of a run directory, see MetaClinicCLI
 
 
 @dataclass

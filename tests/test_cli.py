@@ -157,6 +157,21 @@ def test_ckpt_path_last_resumes_the_newest_run_in_its_directory(medmnist_root: P
     assert "Meta-test: MAML" in resumed.stdout and (run_dir / "meta_test_report.json").is_file()
 
 
+def test_a_run_config_starts_a_new_run_with_the_same_settings(medmnist_root: Path, tmp_path: Path):
+    short = ["--trainer.max_steps=2", "--data.init_args.test_episodes=4", "--trainer.val_check_interval=2"]
+    first = fit_in_process(fit_args(medmnist_root, tmp_path, *short))
+    config = (first / "config.yaml").read_text()
+    checkpoints = sorted(p.name for p in (first / "checkpoints").iterdir())
+    assert str(first) not in config  # settings, not this run's own directory
+    second = fit_in_process(["--config", str(first / "config.yaml")])
+    assert second != first and second.parent == first.parent  # same run name, a run directory of its own
+    assert (second / "config.yaml").read_text() == config
+    assert sorted(p.name for p in (second / "checkpoints").iterdir()) == checkpoints
+    assert sorted(p.name for p in (first / "checkpoints").iterdir()) == checkpoints  # nothing written there
+    first_report = json.loads((first / "meta_test_report.json").read_text())
+    assert json.loads((second / "meta_test_report.json").read_text())["metrics"] == first_report["metrics"]
+
+
 @pytest.mark.parametrize(
     "model",
     [
