@@ -11,4 +11,4 @@ test: setup
 	.venv/bin/python -m pytest
 
 lint: setup
-	.venv/bin/ruff check metaclinic tests scripts && .venv/bin/ruff format --check metaclinic tests scripts
+	.venv/bin/ruff check metaclinic tests scripts benchmarks && .venv/bin/ruff format --check metaclinic tests scripts benchmarks

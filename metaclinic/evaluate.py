@@ -39,15 +39,21 @@ DEFAULT_SHOTS = (1, 5, 10, 20)
 CURVE_FILE = "shot_curve.json"
 
 
-def shot_curve(cli: MetaClinicCLI, ckpt_path: str | None, shots: list[int]) -> dict[str, Any]:
+def shot_curve(
+    cli: MetaClinicCLI, ckpt_path: str | None, shots: list[int], scored: MetaTestReport | None = None
+) -> dict[str, Any]:
     """Reports at every shot count in ``shots``: ``{K: report dict}``, or ``{K: {"error": why}}``.
 
-    Episode ``i`` draws its classes before its examples, so at every K it has the same classes.
+    Episode ``i`` draws its classes before its examples, so at every K it has the same classes. ``scored``
+    is the report at the configured K when it is already computed (it is not scored again).
     """
     data, configured = cli.datamodule, cli.datamodule.n_shot
     curve: dict[str, Any] = {}
     try:
         for k in shots:
+            if scored is not None and k == configured:
+                curve[str(k)] = scored.to_dict()
+                continue
             data.n_shot = k
             try:
                 report = score_meta_test(cli.trainer, cli.model, data, ckpt_path, cli.run_dir)
@@ -107,7 +113,11 @@ def baseline_curve(
             args.append(f"--ckpt_path={run_dir / checkpoint}")
         with _own_run_directory():
             cli = build_cli(args, save_config=False)
-            curve = shot_curve(cli, str(run_dir / checkpoint) if checkpoint else None, shots)
+            # Its report from fit is its point at the configured K, when on the reference's episodes.
+            own = reference.get(str(run.report["n_shot"]), {})
+            same = "error" not in own and own and episode_key(own) == episode_key(run.report)
+            scored = MetaTestReport.from_dict(run.report) if same else None
+            curve = shot_curve(cli, str(run_dir / checkpoint) if checkpoint else None, shots, scored)
         if cli.trainer.is_global_zero:
             cache.parent.mkdir(exist_ok=True)
             cache.write_text(json.dumps(curve, indent=1) + "\n")
@@ -130,7 +140,7 @@ def evaluate(
     cli = build_cli(["--config", config, f"--ckpt_path={ckpt_path}", *overrides], save_config=False)
     out = out or Path(cli.run_dir) / "evaluation"
     report = score_meta_test(cli.trainer, cli.model, cli.datamodule, ckpt_path, cli.run_dir)
-    curve = shot_curve(cli, ckpt_path, shots)
+    curve = shot_curve(cli, ckpt_path, shots, scored=report)
     name = f"{report.algorithm} (this run)"
     curves, beside = {name: curve}, []
     if not cli.model.is_baseline:

@@ -1,0 +1,56 @@
+"""What the benchmarks share: the configs' MedMNIST split, the learn2learn view of it, reporting helpers."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metaclinic.data import MedMNISTEpisodes
+from metaclinic.data.synthetic import write_synthetic_medmnist
+
+REPO = Path(__file__).resolve().parents[1]
+SPLIT = {
+    "meta_train": ["organamnist:0-5", "bloodmnist:0-2"],  # as in configs/*_medmnist.yaml
+    "meta_val": ["organamnist:6-10"],
+    "meta_test": ["bloodmnist:3-7"],
+    "image_splits": {"meta_train": ["train"], "meta_val": ["val"], "meta_test": ["test"]},
+}
+
+
+def medmnist(root: str | None, synthetic: bool, **episodes: Any) -> MedMNISTEpisodes:
+    """The configs' MedMNIST split (real files from ``root`` or $METACLINIC_DATA_DIR), or generated files."""
+    if synthetic:
+        root = str(Path(os.environ.get("TMPDIR", "/tmp")) / "metaclinic-bench" / "medmnist")
+        for name, seed, flat in (("organamnist", 1, False), ("bloodmnist", 2, True)):
+            if not Path(root, f"{name}.npz").is_file():
+                write_synthetic_medmnist(Path(root), name, per_class=60, seed=seed, flat_labels=flat)
+    data = MedMNISTEpisodes(**SPLIT, root=root, download=False, **episodes)
+    data.setup()
+    return data
+
+
+def meta_train_tensors(data: MedMNISTEpisodes) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every meta-train example (as stored, uint8) with its pool-wide class id: learn2learn's dataset."""
+    pool = data.pools["meta_train"]
+    labels = torch.empty(len(pool.examples), dtype=torch.long)
+    for c, rows in enumerate(pool.class_indices):
+        labels[rows] = c
+    return pool.examples, labels
+
+
+def spread(values: list[float]) -> str:
+    """Median with the range over repeats."""
+    return f"{statistics.median(values):.2f} (range {min(values):.2f}-{max(values):.2f}, n={len(values)})"
+
+
+def hardware() -> str:
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+        + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU")
+    )

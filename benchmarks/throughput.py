@@ -1,0 +1,221 @@
+"""Training throughput: metaclinic's algorithms against learn2learn 0.2.0's own Lightning modules.
+
+    python benchmarks/throughput.py                           # real MedMNIST, CPU
+    python benchmarks/throughput.py --synthetic --repeats 1   # a quick check on generated files
+
+Same Conv-4 backbone (``metaclinic.models.Conv4``, 64 filters), same data (the configs' meta-train
+classes of OrganAMNIST and BloodMNIST, 28x28), same ways, shots, queries, inner-loop steps and step size,
+meta-batch size and Adam. learn2learn's modules (``LightningMAML``, ``LightningANIL``,
+``LightningPrototypicalNetworks``) take one task per training step, so their meta-batch is Lightning's
+``accumulate_grad_batches``; their tasks come from ``TaskDataset`` through ``EpisodicBatcher``, on inputs
+already converted to float (which spares them the conversion metaclinic does per meta-batch). learn2learn's
+Lightning MAML is always second order; its FOMAML here sets ``first_order`` on its MAML wrapper.
+
+Every measurement runs in a fresh process (``--child``), so peak memory (resident set on CPU, allocated
+on GPU) is its own; a repeat measures learn2learn then metaclinic, so machine drift affects both alike.
+Reported: tasks per second over the meta-batches after ``--warmup``, the ratio metaclinic / learn2learn
+per repeat (median and range), and the peak memory growth during training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from typing import Any
+
+import torch
+
+from benchmarks.common import REPO, hardware, medmnist, meta_train_tensors, spread
+
+ALGORITHMS = ["maml", "fomaml", "anil", "protonet"]
+
+
+def timer_callback(base: type) -> Any:
+    """A callback (of Lightning's or pytorch_lightning's kind) that stamps the start of every batch."""
+
+    class Timer(base):
+        def __init__(self) -> None:
+            self.stamps: list[float] = []
+
+        def on_train_batch_start(self, *args: Any) -> None:
+            self.stamps.append(time.perf_counter())
+
+        def on_train_end(self, *args: Any) -> None:
+            self.stamps.append(time.perf_counter())
+
+    return Timer()
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def trainer_settings(args: argparse.Namespace, steps: int) -> dict[str, Any]:
+    return dict(
+        max_steps=steps, accelerator=args.accelerator, devices=1, precision=args.precision, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        limit_val_batches=0, num_sanity_val_steps=0,
+    )  # fmt: skip
+
+
+def run_metaclinic(args: argparse.Namespace, data) -> tuple[Any, Any]:
+    from lightning.pytorch import Callback, Trainer
+
+    from metaclinic.algorithms import ANIL, MAML, ProtoNet
+    from metaclinic.models import Conv4
+
+    backbone = Conv4(data.example_shape, hidden=args.hidden)
+    inner = dict(n_way=args.ways, inner_lr=args.inner_lr, train_steps=args.steps)
+    model = {
+        "maml": lambda: MAML(backbone, **inner),
+        "fomaml": lambda: MAML(backbone, first_order=True, **inner),
+        "anil": lambda: ANIL(backbone, **inner),
+        "protonet": lambda: ProtoNet(backbone),
+    }[args.algorithm]()
+    timer = timer_callback(Callback)
+    trainer = Trainer(
+        **trainer_settings(args, args.warmup + args.meta_batches), callbacks=[timer],
+        inference_mode=False, use_distributed_sampler=False,
+    )  # fmt: skip
+    return trainer, lambda: trainer.fit(model, datamodule=data), timer
+
+
+def run_learn2learn(args: argparse.Namespace, data) -> tuple[Any, Any]:
+    import learn2learn as l2l
+    import pytorch_lightning as pl
+    from learn2learn.algorithms.lightning import LightningANIL, LightningMAML, LightningPrototypicalNetworks
+    from learn2learn.utils.lightning import EpisodicBatcher
+    from torch import nn
+
+    from metaclinic.models import Conv4
+
+    x, y = meta_train_tensors(data)
+    dataset = l2l.data.MetaDataset(torch.utils.data.TensorDataset(data.prepare_inputs(x), y))
+    per_class = args.shots + args.queries
+    transforms = [
+        l2l.data.transforms.NWays(dataset, args.ways),
+        l2l.data.transforms.KShots(dataset, per_class),
+        l2l.data.transforms.LoadData(dataset),
+        l2l.data.transforms.RemapLabels(dataset),
+        l2l.data.transforms.ConsecutiveLabels(dataset),
+    ]
+    tasks = l2l.data.TaskDataset(dataset, task_transforms=transforms, num_tasks=-1)
+    batcher = EpisodicBatcher(tasks, epoch_length=(args.warmup + args.meta_batches) * args.meta_batch_size)
+    backbone = Conv4(data.example_shape, hidden=args.hidden)
+    episode = dict(
+        train_ways=args.ways, train_shots=args.shots, train_queries=args.queries, test_ways=args.ways,
+        test_shots=args.shots, test_queries=args.queries, lr=0.001,
+    )  # fmt: skip
+    inner = dict(adaptation_steps=args.steps, adaptation_lr=args.inner_lr)
+    if args.algorithm in ("maml", "fomaml"):
+        model = LightningMAML(nn.Sequential(backbone, nn.Linear(backbone.out_features, args.ways)),
+                              **episode, **inner)  # fmt: skip
+        model.model.first_order = args.algorithm == "fomaml"
+    elif args.algorithm == "anil":
+        model = LightningANIL(backbone, nn.Linear(backbone.out_features, args.ways), **episode, **inner)
+    else:
+        model = LightningPrototypicalNetworks(backbone, **episode)
+    timer = timer_callback(pl.Callback)
+    trainer = pl.Trainer(
+        **trainer_settings(args, args.warmup + args.meta_batches), callbacks=[timer],
+        accumulate_grad_batches=args.meta_batch_size, inference_mode=False,
+    )  # fmt: skip
+    return trainer, lambda: trainer.fit(model, datamodule=batcher), timer
+
+
+def child(args: argparse.Namespace) -> dict[str, Any]:
+    torch.manual_seed(0)
+    data = medmnist(
+        args.root, args.synthetic, n_way=args.ways, n_shot=args.shots, n_query=args.queries,
+        meta_batch_size=args.meta_batch_size, meta_batches_per_epoch=args.warmup + args.meta_batches,
+    )  # fmt: skip
+    build = run_learn2learn if args.implementation == "learn2learn" else run_metaclinic
+    _, fit, timer = build(args, data)
+    device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    before = peak_memory_mb(device) if device.type == "cuda" else _resident_mb()
+    fit()
+    # A batch is a meta-batch for metaclinic and one task for learn2learn (accumulated into meta-batches).
+    tasks_per_batch = args.meta_batch_size if args.implementation == "metaclinic" else 1
+    skip = args.warmup * args.meta_batch_size // tasks_per_batch
+    stamps = timer.stamps
+    tasks = (len(stamps) - 1 - skip) * tasks_per_batch
+    return {
+        "tasks_per_second": tasks / (stamps[-1] - stamps[skip]),
+        "peak_memory_growth_mb": peak_memory_mb(device) - before,
+        "tasks_timed": tasks,
+    }
+
+
+def _resident_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def measure(args: argparse.Namespace, algorithm: str, implementation: str) -> dict[str, Any]:
+    own = ("algorithms", "algorithm", "implementation")
+    settings = {k: v for k, v in vars(args).items() if k not in own and v not in (None, False)}
+    forwarded = [f"--{k}" if v is True else f"--{k}={v}" for k, v in settings.items()]
+    command = [sys.executable, "-m", "benchmarks.throughput", *forwarded, "--child",
+               f"--algorithm={algorithm}", f"--implementation={implementation}"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    if result.returncode != 0:
+        raise RuntimeError(f"{implementation} {algorithm} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--root", default=None, help="MedMNIST folder (default: $METACLINIC_DATA_DIR)")
+    parser.add_argument("--synthetic", action="store_true", help="generated files instead of the real ones")
+    parser.add_argument("--algorithms", nargs="+", default=ALGORITHMS, choices=ALGORITHMS)
+    parser.add_argument("--ways", type=int, default=5)
+    parser.add_argument("--shots", type=int, default=5)
+    parser.add_argument("--queries", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=1, help="inner-loop steps (the configs' train_steps)")
+    parser.add_argument("--inner_lr", type=float, default=0.4)
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--meta_batch_size", type=int, default=4)
+    parser.add_argument("--meta_batches", type=int, default=20, help="timed meta-batches per measurement")
+    parser.add_argument("--warmup", type=int, default=3, help="meta-batches before timing starts")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
+    parser.add_argument("--precision", default="32-true")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--algorithm", default="maml", help=argparse.SUPPRESS)
+    parser.add_argument("--implementation", default="metaclinic", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args)))
+        return
+    print(f"Hardware: {hardware()}; {args.ways}-way {args.shots}-shot, {args.queries} queries, "
+          f"{args.steps} inner step(s), meta-batch {args.meta_batch_size}, "
+          f"precision {args.precision}\n")  # fmt: skip
+    print("| algorithm | learn2learn Lightning (tasks/s) | metaclinic (tasks/s) | speed-up | "
+          "peak memory growth, l2l / metaclinic (MB) |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- |")
+    for algorithm in args.algorithms:
+        rates: dict[str, list[float]] = {"learn2learn": [], "metaclinic": [], "ratio": []}
+        memory: dict[str, list[float]] = {"learn2learn": [], "metaclinic": []}
+        for _ in range(args.repeats):
+            for implementation in ("learn2learn", "metaclinic"):
+                result = measure(args, algorithm, implementation)
+                rates[implementation].append(result["tasks_per_second"])
+                memory[implementation].append(result["peak_memory_growth_mb"])
+            rates["ratio"].append(rates["metaclinic"][-1] / rates["learn2learn"][-1])
+        peaks = f"{max(memory['learn2learn']):.0f} / {max(memory['metaclinic']):.0f}"
+        print(f"| {algorithm} | {spread(rates['learn2learn'])} | {spread(rates['metaclinic'])} | "
+              f"{spread(rates['ratio'])}x | {peaks} |", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
