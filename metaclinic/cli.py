@@ -30,7 +30,9 @@ from metaclinic.tracking import WandbLogger as SafeWandbLogger
 
 log = logging.getLogger("metaclinic")
 
-RUN_DIR_ENV = "METACLINIC_RUN_DIR"  # shared with DDP worker processes, which re-run the command
+# "<pid>:<run dir>", handed to DDP worker processes, which re-run the command and must write into the same
+# run directory; the process that set it (a notebook that fits twice) gets a new run directory each time.
+RUN_DIR_ENV = "METACLINIC_RUN_DIR"
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     # MAML-style inner loops need autograd in validation and test (Lightning #17653).
@@ -125,8 +127,9 @@ class MetaClinicCLI(LightningCLI):
         return Path(str(files[-1])).stem if files else "run"
 
     def _resolve_run_dir(self, config: Namespace) -> Path:
-        if os.environ.get(RUN_DIR_ENV):
-            return Path(os.environ[RUN_DIR_ENV])
+        inherited = inherited_run_dir()
+        if inherited is not None:
+            return inherited
         group = Path(config.runs_dir) / self._run_name(config)
         if config.ckpt_path == "last":
             candidates = sorted(group.glob("*/checkpoints/last.ckpt"))
@@ -148,7 +151,7 @@ class MetaClinicCLI(LightningCLI):
         self.portable_config.ckpt_path = None
         self.portable_config.run_name = self._run_name(config)  # not "config", the saved file's name
         run_dir = self._resolve_run_dir(config)
-        os.environ[RUN_DIR_ENV] = str(run_dir)
+        os.environ[RUN_DIR_ENV] = f"{os.getpid()}:{run_dir}"
         config.trainer.default_root_dir = str(run_dir)
         logger = config.trainer.logger
         if _class_name(logger) == "WandbLogger":
@@ -177,6 +180,12 @@ class MetaClinicCLI(LightningCLI):
         callbacks.sort(key=lambda c: isinstance(c, ModelCheckpoint) and c.monitor is None)
         if self.trainer.checkpoint_callbacks and CheckpointOnSigterm not in present:
             callbacks.append(CheckpointOnSigterm(self.run_dir / "checkpoints" / "last.ckpt"))
+
+
+def inherited_run_dir() -> Path | None:
+    """The run directory a parent process (the DDP launcher) handed down, not one this process chose."""
+    pid, _, path = os.environ.get(RUN_DIR_ENV, "").partition(":")
+    return Path(path) if path and pid != str(os.getpid()) else None
 
 
 def _new_run_directory(group: Path) -> Path:

@@ -12,15 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import WandbLogger
 
-from metaclinic.cli import RUN_DIR_ENV, MetaClinicCLI, build_cli, publish_report, score_meta_test
+from metaclinic.cli import MetaClinicCLI, build_cli, publish_report, score_meta_test
 from metaclinic.compare import (
     BASELINES_FILE,
     Run,
@@ -67,19 +64,6 @@ def shot_curve(
     return curve
 
 
-@contextmanager
-def _own_run_directory() -> Iterator[None]:
-    """A second CLI in this process resolves its own run directory (the first one's is in the environment)."""
-    inherited = os.environ.pop(RUN_DIR_ENV, None)
-    try:
-        yield
-    finally:
-        if inherited is None:
-            os.environ.pop(RUN_DIR_ENV, None)
-        else:
-            os.environ[RUN_DIR_ENV] = inherited
-
-
 def baseline_curve(
     run_dir: Path, shots: list[int], reference: dict[str, Any], data_overrides: list[str]
 ) -> tuple[Run, dict[str, Any]]:
@@ -111,13 +95,12 @@ def baseline_curve(
         args = ["--config", str(run_dir / "config.yaml"), "--trainer.logger=false", *data_overrides]
         if checkpoint:
             args.append(f"--ckpt_path={run_dir / checkpoint}")
-        with _own_run_directory():
-            cli = build_cli(args, save_config=False)
-            # Its report from fit is its point at the configured K, when on the reference's episodes.
-            own = reference.get(str(run.report["n_shot"]), {})
-            same = "error" not in own and own and episode_key(own) == episode_key(run.report)
-            scored = MetaTestReport.from_dict(run.report) if same else None
-            curve = shot_curve(cli, str(run_dir / checkpoint) if checkpoint else None, shots, scored)
+        cli = build_cli(args, save_config=False)
+        # Its report from fit is its point at the configured K, when on the reference's episodes.
+        own = reference.get(str(run.report["n_shot"]), {})
+        same = "error" not in own and own and episode_key(own) == episode_key(run.report)
+        scored = MetaTestReport.from_dict(run.report) if same else None
+        curve = shot_curve(cli, str(run_dir / checkpoint) if checkpoint else None, shots, scored)
         if cli.trainer.is_global_zero:
             cache.parent.mkdir(exist_ok=True)
             cache.write_text(json.dumps(curve, indent=1) + "\n")

@@ -73,6 +73,6 @@ def fit_in_process(args: list[str], data_dir: Path | None = None) -> Path:
         os.environ.pop(RUN_DIR_ENV, None)
         try:
             fit([*args, "--trainer.logger=false", "--trainer.enable_progress_bar=false"])
-            return Path(os.environ[RUN_DIR_ENV])
+            return Path(os.environ[RUN_DIR_ENV].partition(":")[2])
         finally:
             os.environ.pop(RUN_DIR_ENV, None)

@@ -13,6 +13,7 @@ import pytest
 
 from metaclinic.cli import MetaClinicCLI
 from metaclinic.data.synthetic import write_synthetic_heart_disease
+from metaclinic.fit import run
 
 from .conftest import REPO, fit_in_process
 
@@ -155,6 +156,17 @@ def test_ckpt_path_last_resumes_the_newest_run_in_its_directory(medmnist_root: P
     restoring = f"Restoring states from the checkpoint path at {run_dir / 'checkpoints/last.ckpt'}"
     assert restoring in resumed.stdout + resumed.stderr
     assert "Meta-test: MAML" in resumed.stdout and (run_dir / "meta_test_report.json").is_file()
+
+
+def test_fitting_twice_in_one_process_makes_two_runs(medmnist_root: Path, tmp_path: Path, monkeypatch):
+    # A notebook fits several models in one kernel: each gets a run directory of its own.
+    monkeypatch.setattr(sys, "argv", ["metaclinic.fit"])
+    short = ["--trainer.max_steps=2", "--data.init_args.test_episodes=4", "--trainer.logger=false"]
+    args = fit_args(medmnist_root, tmp_path, *short)
+    run(args)
+    run([*args, "--model=metaclinic.algorithms.ProtoNet"])
+    reports = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("quickstart/*/meta_test_report.json"))]
+    assert sorted(r["algorithm"] for r in reports) == ["MAML", "ProtoNet"]
 
 
 def test_a_run_config_starts_a_new_run_with_the_same_settings(medmnist_root: Path, tmp_path: Path):

@@ -282,7 +282,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(
     marker.unlink()
 
     monkeypatch.setattr(sys, "argv", ["metaclinic.fit"])
-    monkeypatch.setenv(RUN_DIR_ENV, str(tmp_path / "run"))
+    monkeypatch.setenv(RUN_DIR_ENV, f"0:{tmp_path / 'run'}")  # as a DDP launcher hands it down
     with pytest.raises(SystemExit) as exit_info:
         main(["--config", str(config), "--trainer.logger=false", f"--ckpt_path={evil}"])
     message = str(exit_info.value.code)
