@@ -77,7 +77,8 @@ def seed_generators(*key: int) -> None:
 
 
 class ModelCheckpoint(LightningModelCheckpoint):
-    """Lightning's ``ModelCheckpoint``, except that ``every_n_train_steps`` saves wait for the step to end.
+    """Lightning's ``ModelCheckpoint``, except that ``every_n_train_steps`` saves wait for the step to end,
+    and also happen when training ends.
 
     Lightning writes a step-triggered checkpoint in ``on_train_batch_end``, before the validation and the
     end-of-epoch hooks that may follow that step. Resuming from it, Lightning 2.6 skips that validation, so
@@ -113,6 +114,19 @@ class ModelCheckpoint(LightningModelCheckpoint):
         super().on_train_epoch_end(trainer, pl_module)
         if self._save_when_step_ends:
             self._save_deferred(trainer, pl_module)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """A step checkpoint also holds the final weights when training ends between two of its steps.
+
+        The meta-test report evaluates the final weights when nothing monitors a metric (no validation
+        split); without this save they would exist nowhere on disk, and ``metaclinic.adapt`` could not use
+        the model the report describes.
+        """
+        super().on_train_end(trainer, pl_module)
+        every = getattr(self, "_every_n_train_steps", 0)
+        unsaved = self._last_global_step_saved != trainer.global_step
+        if self.monitor is None and every >= 1 and unsaved and not trainer.interrupted:
+            self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _save_deferred(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._save_when_step_ends = False

@@ -1,14 +1,15 @@
-"""Plots of evaluation results, written as PNG files (matplotlib, no display needed)."""
+"""Plots of evaluation results, written as PNG files.
+
+Figures are built with matplotlib's object API (``Figure``), not ``pyplot``: no display is needed, and the
+backend of a notebook or an application that imports metaclinic is left alone.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 CURVE_METRICS = {"accuracy": "accuracy", "auroc": "AUROC"}
 
@@ -21,7 +22,8 @@ def plot_shot_curves(curves: dict[str, dict[str, Any]], out: Path, title: str = 
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for metric, label in CURVE_METRICS.items():
-        figure, axes = plt.subplots(figsize=(5.0, 3.4), dpi=120)
+        figure = Figure(figsize=(5.0, 3.4), dpi=120)
+        axes = figure.subplots()
         ticks: set[int] = set()
         for name, curve in curves.items():
             rows = sorted(
@@ -37,7 +39,6 @@ def plot_shot_curves(curves: dict[str, dict[str, Any]], out: Path, title: str = 
                               [m + h for m, h in zip(mean, half, strict=True)], alpha=0.2)  # fmt: skip
             ticks.update(shots)
         if not ticks:
-            plt.close(figure)
             continue
         axes.set(xscale="log", xlabel="shots per class (K)", ylabel=f"{label} (%)", title=title)
         axes.set_xticks(sorted(ticks), [str(k) for k in sorted(ticks)])
@@ -48,7 +49,6 @@ def plot_shot_curves(curves: dict[str, dict[str, Any]], out: Path, title: str = 
         figure.tight_layout()
         path = out / f"{metric}_vs_shots.png"
         figure.savefig(path)
-        plt.close(figure)
         paths.append(path)
     return paths
 
@@ -58,7 +58,8 @@ def plot_reliability(reliability: dict[str, list[float]], path: Path, title: str
     path.parent.mkdir(parents=True, exist_ok=True)
     upper = reliability["bin_upper"]
     width = upper[0]
-    figure, axes = plt.subplots(figsize=(4.2, 4.0), dpi=120)
+    figure = Figure(figsize=(4.2, 4.0), dpi=120)
+    axes = figure.subplots()
     filled = [i for i, n in enumerate(reliability["count"]) if n > 0]
     axes.bar([upper[i] - width / 2 for i in filled], [reliability["accuracy"][i] for i in filled],
              width=width * 0.9, alpha=0.7, label="accuracy")  # fmt: skip
@@ -69,5 +70,4 @@ def plot_reliability(reliability: dict[str, list[float]], path: Path, title: str
     axes.legend(loc="upper left", fontsize=8)
     figure.tight_layout()
     figure.savefig(path)
-    plt.close(figure)
     return path

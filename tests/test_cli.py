@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from metaclinic.cli import MetaClinicCLI
 from metaclinic.data.synthetic import write_synthetic_heart_disease
@@ -210,3 +211,7 @@ def test_heart_disease_config_runs_on_generated_hospitals(model: str, tmp_path: 
     assert report["extra"]["split_fingerprint"] and 0 <= report["metrics"]["auroc"]["mean"] <= 1
     if model.endswith("PooledLogisticRegression"):  # learning itself is tested in test_table.py
         assert report["metrics"]["auroc"]["mean"] > 0.65  # the generated diagnosis is learnable
+    else:  # no validation: the report is of the final weights, saved although 20 is no multiple of 50
+        assert report["checkpoint"] == "checkpoints/last.ckpt"
+        saved = torch.load(report_file.parent / report["checkpoint"], weights_only=True)
+        assert saved["global_step"] == 20
