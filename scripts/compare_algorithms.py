@@ -41,6 +41,15 @@ METHODS: dict[str, tuple[str, list[str]]] = {
 METRICS = ["accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece"]
 
 
+def timed(command: list[str]) -> tuple[subprocess.CompletedProcess, float]:
+    """Runs ``command``; its result and wall time in minutes. A failure's error output is printed."""
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        print(result.stderr[-3000:], file=sys.stderr)
+    return result, (time.perf_counter() - start) / 60
+
+
 def run_method(name: str, args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     """Fits ``name`` and evaluates its best checkpoint; returns paths, timings and the shot curve."""
     config, extra = METHODS[name]
@@ -50,11 +59,8 @@ def run_method(name: str, args: argparse.Namespace, overrides: list[str]) -> dic
         f"--runs_dir={args.runs_dir}", f"--run_name={run_name}", "--trainer.enable_progress_bar=false",
         *overrides,
     ]  # fmt: skip
-    start = time.perf_counter()
-    result = subprocess.run(fit, capture_output=True, text=True)
-    fit_minutes = (time.perf_counter() - start) / 60
+    result, fit_minutes = timed(fit)
     if result.returncode != 0:
-        print(result.stderr[-3000:], file=sys.stderr)
         return {"error": f"fit exited with {result.returncode}", "fit_minutes": fit_minutes}
     run_dir = max(Path(args.runs_dir, run_name).glob("*/meta_test_report.json")).parent
     checkpoint = json.loads((run_dir / "meta_test_report.json").read_text())["checkpoint"]
@@ -63,11 +69,8 @@ def run_method(name: str, args: argparse.Namespace, overrides: list[str]) -> dic
         "--ckpt_path", str(run_dir / checkpoint) if checkpoint else "null",
         "--shots", *map(str, args.shots), "--trainer.logger=false", "--trainer.enable_progress_bar=false",
     ]  # fmt: skip
-    start = time.perf_counter()
-    result = subprocess.run(evaluate, capture_output=True, text=True)
-    evaluate_minutes = (time.perf_counter() - start) / 60
+    result, evaluate_minutes = timed(evaluate)
     if result.returncode != 0:
-        print(result.stderr[-3000:], file=sys.stderr)
         return {"error": f"evaluate exited with {result.returncode}", "run_dir": str(run_dir)}
     curve = json.loads((run_dir / "evaluation" / "shot_curve.json").read_text())
     return {

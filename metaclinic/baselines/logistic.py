@@ -21,10 +21,8 @@ def _as_rows(x: Tensor) -> np.ndarray:
     return x.detach().flatten(1).cpu().double().numpy()
 
 
-class SupportLogisticRegression(EpisodicModule):
-    """L2-regularised logistic regression fitted on each episode's support set alone.
-
-    What a hospital could do with its K labelled patients and no other data.
+class LogisticBaseline(EpisodicModule):
+    """What both logistic regressions share: scikit-learn's settings, and nothing to meta-train.
 
     Args:
         C: inverse regularisation strength (scikit-learn's ``C``); small support sets need regularisation.
@@ -38,40 +36,44 @@ class SupportLogisticRegression(EpisodicModule):
         super().__init__()
         self.C, self.max_iter = C, max_iter
 
+    def new_classifier(self) -> LogisticRegression:
+        return LogisticRegression(C=self.C, max_iter=self.max_iter)
+
+
+class SupportLogisticRegression(LogisticBaseline):
+    """L2-regularised logistic regression fitted on each episode's support set alone.
+
+    What a hospital could do with its K labelled patients and no other data. Arguments: ``C`` and
+    ``max_iter`` of :class:`LogisticBaseline`.
+    """
+
     def score_tasks(self, batch: TaskBatch) -> Tensor:
         logits = []
         for task in batch:
-            classifier = LogisticRegression(C=self.C, max_iter=self.max_iter)
+            classifier = self.new_classifier()
             classifier.fit(_as_rows(task.support_x), task.support_y.cpu().numpy())
             logits.append(torch.from_numpy(classifier.predict_log_proba(_as_rows(task.query_x))))
         return torch.stack(logits).to(batch.query_x.device, torch.float32)
 
 
-class PooledLogisticRegression(EpisodicModule):
+class PooledLogisticRegression(LogisticBaseline):
     """Logistic regression trained once on every meta-train example pooled, applied without adaptation.
 
     With hospitals as tasks: one model of the other hospitals' patients, used as is in the new hospital.
     It ignores the support set, so it needs meta-test classes whose outcome (``ClassInfo.target``, e.g.
-    "diseased") occurs in meta-train, as in ``site`` task mode.
-
-    Args:
-        C: inverse regularisation strength (scikit-learn's ``C``).
-        max_iter: iterations of the L-BFGS solver.
+    "diseased") occurs in meta-train, as in ``site`` task mode. Arguments: ``C`` and ``max_iter`` of
+    :class:`LogisticBaseline`.
     """
 
-    meta_trained = False
-    is_baseline = True
-
     def __init__(self, C: float = 1.0, max_iter: int = 1000) -> None:
-        super().__init__()
-        self.C, self.max_iter = C, max_iter
+        super().__init__(C, max_iter)
         self.classifier: LogisticRegression | None = None
         self.targets: list[str] = []
 
     def setup(self, stage: str) -> None:
         data = self.trainer.datamodule
         x, y, names = data.supervised_data("meta_train")
-        self.classifier = LogisticRegression(C=self.C, max_iter=self.max_iter)
+        self.classifier = self.new_classifier()
         self.classifier.fit(_as_rows(x), y.numpy())
         self.targets = [names[i] for i in self.classifier.classes_]  # the columns of predict_log_proba
 
