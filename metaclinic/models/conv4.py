@@ -20,6 +20,9 @@ class Conv4(nn.Module):
         input_shape: ``(channels, height, width)`` of one image; the command line fills it in from the data.
         hidden: filters in every block.
         track_running_stats: keep BatchNorm running averages and use them in eval mode.
+        channels_last: compute in the channels-last memory layout. On CPU it makes the first-order
+            algorithms (ProtoNet and the other metric-based ones, the supervised baselines) about 1.5x
+            faster, but second-order MAML slower (see the README's performance section).
     """
 
     def __init__(
@@ -27,6 +30,7 @@ class Conv4(nn.Module):
         input_shape: tuple[int, int, int] = (3, 28, 28),
         hidden: int = 64,
         track_running_stats: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if len(input_shape) != 3:
@@ -46,7 +50,9 @@ class Conv4(nn.Module):
         self.input_shape = tuple(input_shape)
         self.features = nn.Sequential(*blocks)
         self.out_features = hidden * height * width
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.features.to(memory_format=self.memory_format)  # the convolution weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(batch, *input_shape)`` -> ``(batch, out_features)``."""
-        return self.features(x).flatten(1)
+        return self.features(x.contiguous(memory_format=self.memory_format)).flatten(1)
