@@ -25,6 +25,7 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -64,7 +65,20 @@ def trainer_settings(args: argparse.Namespace, steps: int) -> dict[str, Any]:
     )  # fmt: skip
 
 
-def run_metaclinic(args: argparse.Namespace, data) -> tuple[Any, Any]:
+@dataclass
+class Built:
+    """A model, its trainer and its data, ready to ``fit``; ``timer`` stamps every training batch."""
+
+    model: Any
+    trainer: Any
+    datamodule: Any
+    timer: Any
+
+    def fit(self) -> None:
+        self.trainer.fit(self.model, datamodule=self.datamodule)
+
+
+def run_metaclinic(args: argparse.Namespace, data) -> Built:
     from lightning.pytorch import Callback, Trainer
 
     from metaclinic.algorithms import ANIL, MAML, ProtoNet
@@ -83,10 +97,10 @@ def run_metaclinic(args: argparse.Namespace, data) -> tuple[Any, Any]:
         **trainer_settings(args, args.warmup + args.meta_batches), callbacks=[timer],
         inference_mode=False, use_distributed_sampler=False,
     )  # fmt: skip
-    return trainer, lambda: trainer.fit(model, datamodule=data), timer
+    return Built(model, trainer, data, timer)
 
 
-def run_learn2learn(args: argparse.Namespace, data) -> tuple[Any, Any]:
+def run_learn2learn(args: argparse.Namespace, data) -> Built:
     import learn2learn as l2l
     import pytorch_lightning as pl
     from learn2learn.algorithms.lightning import LightningANIL, LightningMAML, LightningPrototypicalNetworks
@@ -126,7 +140,7 @@ def run_learn2learn(args: argparse.Namespace, data) -> tuple[Any, Any]:
         **trainer_settings(args, args.warmup + args.meta_batches), callbacks=[timer],
         accumulate_grad_batches=args.meta_batch_size, inference_mode=False,
     )  # fmt: skip
-    return trainer, lambda: trainer.fit(model, datamodule=batcher), timer
+    return Built(model, trainer, batcher, timer)
 
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
@@ -136,16 +150,16 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         meta_batch_size=args.meta_batch_size, meta_batches_per_epoch=args.warmup + args.meta_batches,
     )  # fmt: skip
     build = run_learn2learn if args.implementation == "learn2learn" else run_metaclinic
-    _, fit, timer = build(args, data)
+    built = build(args, data)
     device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     before = peak_memory_mb(device) if device.type == "cuda" else _resident_mb()
-    fit()
+    built.fit()
     # A batch is a meta-batch for metaclinic and one task for learn2learn (accumulated into meta-batches).
     tasks_per_batch = args.meta_batch_size if args.implementation == "metaclinic" else 1
     skip = args.warmup * args.meta_batch_size // tasks_per_batch
-    stamps = timer.stamps
+    stamps = built.timer.stamps
     tasks = (len(stamps) - 1 - skip) * tasks_per_batch
     return {
         "tasks_per_second": tasks / (stamps[-1] - stamps[skip]),
