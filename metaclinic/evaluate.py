@@ -2,9 +2,12 @@
 
 Evaluates a checkpoint on the run's fixed meta-test episodes (the same ones for every algorithm on the
 same data configuration), then on the same episodes' classes at other shot counts (a shot curve), and
-writes ``evaluation.json`` and PNG plots next to the checkpoint's run (or into ``--out``). Everything is
-logged to the run's W&B logger as well. Shot counts that some meta-test class cannot supply (K shots
-plus the queries) are reported as such instead of stopping the evaluation.
+writes ``meta_test_report.json``, ``shot_curve.json`` and PNG plots into ``<run>/evaluation/`` (or
+``--out``). The baseline runs scored on the same episodes (found under the run's ``runs_dir``, or given
+with ``--baselines``) are evaluated at the same shot counts and shown beside the model: ``baselines.md``
+(paired differences) and the same plots. Everything is logged to the run's W&B logger as well. Shot counts
+that some meta-test class cannot supply (K shots plus the queries) are reported as such instead of
+stopping the evaluation.
 """
 
 from __future__ import annotations
