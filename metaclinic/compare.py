@@ -23,7 +23,7 @@ from metaclinic.report import REPORT_FILE, Estimate
 
 log = logging.getLogger("metaclinic")
 
-MAX_NAME = 28
+MAX_NAME = 40
 BASELINES_FILE = "baselines.md"
 RUN_TIMESTAMP = re.compile(r"\d{8}-\d{6}(-\d+)?")  # the name of a run directory, see MetaClinicCLI
 
