@@ -18,7 +18,7 @@ import copy
 import torch
 from lightning.pytorch import Trainer
 
-from benchmarks.common import hardware, medmnist
+from benchmarks.common import data_arguments, hardware, medmnist
 from benchmarks.throughput import run_learn2learn, run_metaclinic
 from metaclinic.algorithms import MAML
 from metaclinic.compare import Run, markdown, paired_differences
@@ -38,11 +38,9 @@ def report_of(network_state: dict, data) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = data_arguments(
+        argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     )
-    parser.add_argument("--root", default=None, help="MedMNIST folder (default: $METACLINIC_DATA_DIR)")
-    parser.add_argument("--synthetic", action="store_true", help="generated files instead of the real ones")
     parser.add_argument("--meta_batches", type=int, default=300)
     parser.add_argument("--test_episodes", type=int, default=600)
     args = parser.parse_args()

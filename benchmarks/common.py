@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -11,7 +12,7 @@ from typing import Any
 import torch
 
 from metaclinic.data import MedMNISTEpisodes
-from metaclinic.data.synthetic import write_synthetic_medmnist
+from metaclinic.data.examples import generated_medmnist_root
 
 REPO = Path(__file__).resolve().parents[1]
 SPLIT = {
@@ -22,13 +23,17 @@ SPLIT = {
 }
 
 
+def data_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Adds the options every benchmark has: where the MedMNIST files are, or generated ones instead."""
+    parser.add_argument("--root", default=None, help="MedMNIST folder (default: $METACLINIC_DATA_DIR)")
+    parser.add_argument("--synthetic", action="store_true", help="generated files instead of the real ones")
+    return parser
+
+
 def medmnist(root: str | None, synthetic: bool, **episodes: Any) -> MedMNISTEpisodes:
     """The configs' MedMNIST split (real files from ``root`` or $METACLINIC_DATA_DIR), or generated files."""
     if synthetic:
-        root = str(Path(os.environ.get("TMPDIR", "/tmp")) / "metaclinic-bench" / "medmnist")
-        for name, seed, flat in (("organamnist", 1, False), ("bloodmnist", 2, True)):
-            if not Path(root, f"{name}.npz").is_file():
-                write_synthetic_medmnist(Path(root), name, per_class=60, seed=seed, flat_labels=flat)
+        root = str(generated_medmnist_root(images_per_class=60))
     data = MedMNISTEpisodes(**SPLIT, root=root, download=False, **episodes)
     data.setup()
     return data

@@ -1,7 +1,7 @@
 """Episode sampling: tasks per second of metaclinic's sampler against learn2learn's ``TaskDataset``.
 
-    python benchmarks/sampling.py                 # real MedMNIST ($METACLINIC_DATA_DIR/medmnist)
-    python benchmarks/sampling.py --synthetic     # generated files of the same shapes
+    python -m benchmarks.sampling                 # real MedMNIST ($METACLINIC_DATA_DIR/medmnist)
+    python -m benchmarks.sampling --synthetic     # generated files of the same shapes
 
 Both draw 5-way tasks of K support + Q query images from the same meta-train classes (the configs' split),
 as uint8 tensors in memory, without a model. learn2learn: ``TaskDataset`` over a ``MetaDataset`` with
@@ -19,7 +19,7 @@ from collections.abc import Callable
 import learn2learn as l2l
 import torch
 
-from benchmarks.common import hardware, medmnist, meta_train_tensors, spread
+from benchmarks.common import data_arguments, hardware, medmnist, meta_train_tensors, spread
 
 
 def tasks_per_second(draw: Callable[[], int], seconds: float) -> float:
@@ -65,11 +65,9 @@ def metaclinic_sampler(data, meta_batch_size: int) -> Callable[[], int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = data_arguments(
+        argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     )
-    parser.add_argument("--root", default=None, help="MedMNIST folder (default: $METACLINIC_DATA_DIR)")
-    parser.add_argument("--synthetic", action="store_true", help="generated files instead of the real ones")
     parser.add_argument("--ways", type=int, default=5)
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--queries", type=int, default=15)

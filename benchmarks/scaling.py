@@ -1,7 +1,7 @@
 """Scaling: time and autograd memory of one meta-iteration against inner-loop steps, shots and meta-batch.
 
-    python benchmarks/scaling.py --out benchmarks/results          # real MedMNIST, CPU
-    python benchmarks/scaling.py --synthetic --repeats 1 --out /tmp/scaling
+    python -m benchmarks.scaling --out benchmarks/results          # real MedMNIST, CPU
+    python -m benchmarks.scaling --synthetic --iterations 2 --out /tmp/scaling
 
 One meta-iteration is what a training step does: score the meta-batch (adapting to every support set),
 the query loss, its backward pass (through the inner loop for second-order MAML) and the Adam step. It is
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from lightning.fabric.utilities.apply_func import move_data_to_device
 
-from benchmarks.common import hardware, medmnist
+from benchmarks.common import data_arguments, hardware, medmnist
 from metaclinic.algorithms import MAML, ProtoNet
 from metaclinic.models import Conv4
 
@@ -119,11 +119,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = data_arguments(
+        argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     )
-    parser.add_argument("--root", default=None, help="MedMNIST folder (default: $METACLINIC_DATA_DIR)")
-    parser.add_argument("--synthetic", action="store_true", help="generated files instead of the real ones")
     parser.add_argument("--iterations", type=int, default=4, help="timed meta-iterations per setting")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))

@@ -1,7 +1,7 @@
 """Training throughput: metaclinic's algorithms against learn2learn 0.2.0's own Lightning modules.
 
-    python benchmarks/throughput.py                           # real MedMNIST, CPU
-    python benchmarks/throughput.py --synthetic --repeats 1   # a quick check on generated files
+    python -m benchmarks.throughput                           # real MedMNIST, CPU
+    python -m benchmarks.throughput --synthetic --repeats 1   # a quick check on generated files
 
 Same Conv-4 backbone (``metaclinic.models.Conv4``, 64 filters), same data (the configs' meta-train
 classes of OrganAMNIST and BloodMNIST, 28x28), same ways, shots, queries, inner-loop steps and step size,
@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import REPO, hardware, medmnist, meta_train_tensors, spread
+from benchmarks.common import REPO, data_arguments, hardware, medmnist, meta_train_tensors, spread
 
 ALGORITHMS = ["maml", "fomaml", "anil", "protonet"]
 
@@ -186,11 +186,9 @@ def measure(args: argparse.Namespace, algorithm: str, implementation: str) -> di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = data_arguments(
+        argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     )
-    parser.add_argument("--root", default=None, help="MedMNIST folder (default: $METACLINIC_DATA_DIR)")
-    parser.add_argument("--synthetic", action="store_true", help="generated files instead of the real ones")
     parser.add_argument("--algorithms", nargs="+", default=ALGORITHMS, choices=ALGORITHMS)
     parser.add_argument("--ways", type=int, default=5)
     parser.add_argument("--shots", type=int, default=5)

@@ -25,6 +25,11 @@ log = logging.getLogger("metaclinic")
 
 MAX_NAME = 40
 BASELINES_FILE = "baselines.md"
+NO_BASELINE = (
+    "No baseline run under %s was scored on these meta-test episodes. To see this result beside SimpleShot "
+    "(or Baseline, Baseline++), fit the same config and data settings with "
+    "--model=metaclinic.baselines.SimpleShot and a --run_name of its own, into the same --runs_dir."
+)
 RUN_TIMESTAMP = re.compile(r"\d{8}-\d{6}(-\d+)?")  # the name of a run directory, see MetaClinicCLI
 
 
@@ -140,16 +145,16 @@ def show_baselines(report_path: Path, runs_dir: Path) -> str | None:
     reference = Run.read(report_path)
     found = find_baseline_reports(runs_dir, reference.report)
     if not found:
-        log.warning(
-            "No baseline run under %s was scored on these meta-test episodes. To see this result beside "
-            "SimpleShot (or Baseline, Baseline++), fit the same config and data settings with "
-            "--model=metaclinic.baselines.SimpleShot and a --run_name of its own, into the same --runs_dir.",
-            runs_dir,
-        )
+        log.warning(NO_BASELINE, runs_dir)
         return None
-    text = markdown(paired_differences([reference, *map(Run.read, found)]), reference.name)
+    return publish_beside_baselines([reference, *map(Run.read, found)], report_path.parent)
+
+
+def publish_beside_baselines(runs: list[Run], folder: Path) -> str:
+    """The first run beside the others (paired differences): printed, written to ``folder/baselines.md``."""
+    text = markdown(paired_differences(runs), runs[0].name)
     print(f"\nBeside the baselines (same episodes):\n{text}\n", flush=True)
-    (report_path.parent / BASELINES_FILE).write_text(text + "\n")
+    (folder / BASELINES_FILE).write_text(text + "\n")
     return text
 
 

@@ -21,14 +21,7 @@ from typing import Any
 from lightning.pytorch.loggers import WandbLogger
 
 from metaclinic.cli import MetaClinicCLI, build_cli, publish_report, score_meta_test
-from metaclinic.compare import (
-    BASELINES_FILE,
-    Run,
-    episode_key,
-    find_baseline_reports,
-    markdown,
-    paired_differences,
-)
+from metaclinic.compare import NO_BASELINE, Run, episode_key, find_baseline_reports, publish_beside_baselines
 from metaclinic.errors import DataError
 from metaclinic.plots import plot_reliability, plot_shot_curves
 from metaclinic.report import REPORT_FILE, MetaTestReport
@@ -147,13 +140,11 @@ def evaluate(
     publish_report(report, cli.trainer, out / REPORT_FILE)
     (out / CURVE_FILE).write_text(json.dumps(curve, indent=1) + "\n")
     if beside:
-        text = markdown(paired_differences([Run(name, report.to_dict()), *beside]), name)
-        print(f"\nBeside the baselines (same episodes):\n{text}\n", flush=True)
-        (out / BASELINES_FILE).write_text(text + "\n")
+        publish_beside_baselines([Run(name, report.to_dict()), *beside], out)
         baseline_curves = {run.name: curves[run.name] for run in beside}
         (out / "baselines_shot_curves.json").write_text(json.dumps(baseline_curves, indent=1) + "\n")
     elif not cli.model.is_baseline:
-        log.warning("No baseline beside this model: see `python -m metaclinic.evaluate --help` (--baselines)")
+        log.warning(NO_BASELINE + " Or name baseline runs with --baselines.", cli.config.runs_dir)
     title = f"{report.n_way}-way, {len(report.per_episode.get('accuracy', []))} episodes"
     plots = plot_shot_curves(curves, out, title=title)
     plots.append(

@@ -177,8 +177,7 @@ class Baseline(SupervisedPretraining):
         with torch.no_grad():
             support, _ = self.embed_episodes(self.backbone, batch)
         weight, bias = self.finetune_heads(support, batch)
-        head = self.new_head(weight[0], bias[0]).requires_grad_(False)
-        return AdaptedHead(copy.deepcopy(self.backbone), head, support_x)
+        return AdaptedHead(copy.deepcopy(self.backbone), self.new_head(weight[0], bias[0]), support_x)
 
     def finetune_heads(self, support: Tensor, batch: TaskBatch) -> tuple[Tensor, Tensor]:
         """Weights and biases of every episode's head, fine-tuned on its support embeddings.

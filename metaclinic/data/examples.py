@@ -31,7 +31,12 @@ def medmnist_root(images_per_class: int = 40) -> Path:
         "https://zenodo.org/records/10519652 into $METACLINIC_DATA_DIR/medmnist/ (or set download: true "
         "in a config)."
     )
-    root = _generated("medmnist")
+    return generated_medmnist_root(images_per_class)
+
+
+def generated_medmnist_root(images_per_class: int = 40) -> Path:
+    """Generated OrganAMNIST and BloodMNIST files with ``images_per_class`` images per class and split."""
+    root = _generated(f"medmnist-{images_per_class}")
     for name, seed, flat in (("organamnist", 1, False), ("bloodmnist", 2, True)):
         if not (root / f"{name}.npz").is_file():
             write_synthetic_medmnist(root, name, per_class=images_per_class, seed=seed, flat_labels=flat)
