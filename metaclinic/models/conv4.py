@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from metaclinic.models.max_pool import MaxPool2d
+
 
 class Conv4(nn.Module):
     """Four blocks of 3x3 conv, batch norm, ReLU and 2x2 max-pool, flattened to an embedding.
@@ -42,7 +44,7 @@ class Conv4(nn.Module):
                 nn.Conv2d(channels, hidden, kernel_size=3, padding=1, bias=False),
                 nn.BatchNorm2d(hidden, track_running_stats=track_running_stats),
                 nn.ReLU(inplace=True),
-                nn.MaxPool2d(2),
+                MaxPool2d(2),
             ]
             channels, height, width = hidden, height // 2, width // 2
         if height < 1 or width < 1:
