@@ -3,9 +3,11 @@
     python -m benchmarks.throughput                           # real MedMNIST, CPU
     python -m benchmarks.throughput --synthetic --repeats 1   # a quick check on generated files
 
-Same Conv-4 backbone (``metaclinic.models.Conv4``, 64 filters), same data (the configs' meta-train
-classes of OrganAMNIST and BloodMNIST, 28x28), same ways, shots, queries, inner-loop steps and step size,
-meta-batch size and Adam. learn2learn's modules (``LightningMAML``, ``LightningANIL``,
+Same Conv-4 architecture (``metaclinic.models.Conv4``, 64 filters; learn2learn's copy pools with torch's
+``nn.MaxPool2d``, as a learn2learn user's network does, unless ``--learn2learn_pool=metaclinic`` gives it
+metaclinic's faster CPU max-pool too, which isolates what the rest of metaclinic gains), same data (the
+configs' meta-train classes of OrganAMNIST and BloodMNIST, 28x28), same ways, shots, queries, inner-loop
+steps and step size, meta-batch size and Adam. learn2learn's modules (``LightningMAML``, ``LightningANIL``,
 ``LightningPrototypicalNetworks``) take one task per training step, so their meta-batch is Lightning's
 ``accumulate_grad_batches``; their tasks come from ``TaskDataset`` through ``EpisodicBatcher``, on inputs
 already converted to float (which spares them the conversion metaclinic does per meta-batch). learn2learn's
@@ -122,6 +124,8 @@ def run_learn2learn(args: argparse.Namespace, data) -> Built:
     tasks = l2l.data.TaskDataset(dataset, task_transforms=transforms, num_tasks=-1)
     batcher = EpisodicBatcher(tasks, epoch_length=(args.warmup + args.meta_batches) * args.meta_batch_size)
     backbone = Conv4(data.example_shape, hidden=args.hidden)
+    if args.learn2learn_pool == "torch":
+        with_torch_max_pool(backbone)
     episode = dict(
         train_ways=args.ways, train_shots=args.shots, train_queries=args.queries, test_ways=args.ways,
         test_shots=args.shots, test_queries=args.queries, lr=0.001,
@@ -141,6 +145,21 @@ def run_learn2learn(args: argparse.Namespace, data) -> Built:
         accumulate_grad_batches=args.meta_batch_size, inference_mode=False,
     )  # fmt: skip
     return Built(model, trainer, batcher, timer)
+
+
+def with_torch_max_pool(network: Any) -> Any:
+    """``network`` with every metaclinic ``MaxPool2d`` replaced by torch's (same outputs, no parameters)."""
+    from torch import nn
+
+    from metaclinic.models.max_pool import MaxPool2d
+
+    for module in list(network.modules()):
+        for child_name, child_module in list(module.named_children()):
+            if isinstance(child_module, MaxPool2d):
+                stock = nn.MaxPool2d(child_module.kernel_size, child_module.stride, child_module.padding,
+                                     child_module.dilation, ceil_mode=child_module.ceil_mode)  # fmt: skip
+                setattr(module, child_name, stock)
+    return network
 
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
@@ -202,6 +221,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
     parser.add_argument("--precision", default="32-true")
+    parser.add_argument("--learn2learn_pool", default="torch", choices=["torch", "metaclinic"],
+                        help="learn2learn's Conv-4 pool: torch's nn.MaxPool2d or metaclinic's")  # fmt: skip
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--algorithm", default="maml", help=argparse.SUPPRESS)
     parser.add_argument("--implementation", default="metaclinic", help=argparse.SUPPRESS)
@@ -211,7 +232,7 @@ def main() -> None:
         return
     print(f"Hardware: {hardware()}; {args.ways}-way {args.shots}-shot, {args.queries} queries, "
           f"{args.steps} inner step(s), meta-batch {args.meta_batch_size}, "
-          f"precision {args.precision}\n")  # fmt: skip
+          f"precision {args.precision}, learn2learn's max-pool: {args.learn2learn_pool}\n")  # fmt: skip
     print("| algorithm | learn2learn Lightning (tasks/s) | metaclinic (tasks/s) | speed-up | "
           "peak memory growth, l2l / metaclinic (MB) |")  # fmt: skip
     print("| --- | --- | --- | --- | --- |")

@@ -28,7 +28,7 @@ BASELINES_FILE = "baselines.md"
 NO_BASELINE = (
     "No baseline run under %s was scored on these meta-test episodes. To see this result beside SimpleShot "
     "(or Baseline, Baseline++), fit the same config and data settings with "
-    "--model=metaclinic.baselines.SimpleShot and a --run_name of its own, into the same --runs_dir."
+    "--model=metaclinic.baselines.SimpleShot and a --run_name of its own, into the same --runs_dir"
 )
 RUN_TIMESTAMP = re.compile(r"\d{8}-\d{6}(-\d+)?")  # the name of a run directory, see MetaClinicCLI
 
@@ -145,9 +145,18 @@ def show_baselines(report_path: Path, runs_dir: Path) -> str | None:
     reference = Run.read(report_path)
     found = find_baseline_reports(runs_dir, reference.report)
     if not found:
-        log.warning(NO_BASELINE, runs_dir)
+        log.warning(no_baseline_hint(runs_dir, report_path.parent / "config.yaml"))
         return None
     return publish_beside_baselines([reference, *map(Run.read, found)], report_path.parent)
+
+
+def no_baseline_hint(runs_dir: Path, config: Path | None = None) -> str:
+    """How to get a baseline on the same episodes: the command itself when the run's config is at hand."""
+    hint = NO_BASELINE % runs_dir
+    if config is None or not config.is_file():
+        return hint + "."
+    command = f"python -m metaclinic.fit --config {config} --model=metaclinic.baselines.SimpleShot"
+    return f"{hint}:\n    {command} --run_name=simpleshot"
 
 
 def publish_beside_baselines(runs: list[Run], folder: Path) -> str:

@@ -21,7 +21,13 @@ from typing import Any
 from lightning.pytorch.loggers import WandbLogger
 
 from metaclinic.cli import MetaClinicCLI, build_cli, publish_report, score_meta_test
-from metaclinic.compare import NO_BASELINE, Run, episode_key, find_baseline_reports, publish_beside_baselines
+from metaclinic.compare import (
+    Run,
+    episode_key,
+    find_baseline_reports,
+    no_baseline_hint,
+    publish_beside_baselines,
+)
 from metaclinic.errors import DataError
 from metaclinic.plots import plot_reliability, plot_shot_curves
 from metaclinic.report import REPORT_FILE, MetaTestReport
@@ -144,7 +150,8 @@ def evaluate(
         baseline_curves = {run.name: curves[run.name] for run in beside}
         (out / "baselines_shot_curves.json").write_text(json.dumps(baseline_curves, indent=1) + "\n")
     elif not cli.model.is_baseline:
-        log.warning(NO_BASELINE + " Or name baseline runs with --baselines.", cli.config.runs_dir)
+        hint = no_baseline_hint(Path(cli.config.runs_dir), Path(config))
+        log.warning(hint + "\nOr name baseline runs with --baselines.")
     title = f"{report.n_way}-way, {len(report.per_episode.get('accuracy', []))} episodes"
     plots = plot_shot_curves(curves, out, title=title)
     plots.append(

@@ -80,3 +80,9 @@ def test_without_a_baseline_run_a_report_says_how_to_get_one(
     maml = write_report(tmp_path / "maml" / "1" / "meta_test_report.json", [0.5, 0.6, 0.7])
     assert show_baselines(maml, tmp_path) is None
     assert "--model=metaclinic.baselines.SimpleShot" in caplog.text
+    config = maml.parent / "config.yaml"
+    config.write_text("model: {}\n")
+    caplog.clear()
+    assert show_baselines(maml, tmp_path) is None  # with the run's config: the command to type
+    command = f"python -m metaclinic.fit --config {config} --model=metaclinic.baselines.SimpleShot"
+    assert command in caplog.text
