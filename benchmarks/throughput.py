@@ -16,7 +16,10 @@ Lightning MAML is always second order; its FOMAML here sets ``first_order`` on i
 Every measurement runs in a fresh process (``--child``), so peak memory (resident set on CPU, allocated
 on GPU) is its own; a repeat measures learn2learn then metaclinic, so machine drift affects both alike.
 Reported: tasks per second over the meta-batches after ``--warmup``, the ratio metaclinic / learn2learn
-per repeat (median and range), and the peak memory growth during training.
+per repeat (median and range), the peak memory growth during training, and metaclinic's achieved FLOP/s:
+the floating-point operations of one meta-batch's forward and backward passes (inner loop included, counted
+by ``torch.utils.flop_counter`` on convolutions and matrix products; both implementations do the same
+arithmetic) times its tasks per second, and against ``--peak_tflops`` of the hardware when given.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -86,7 +90,7 @@ def run_metaclinic(args: argparse.Namespace, data) -> Built:
     from metaclinic.algorithms import ANIL, MAML, ProtoNet
     from metaclinic.models import Conv4
 
-    backbone = Conv4(data.example_shape, hidden=args.hidden)
+    backbone = compiled(Conv4(data.example_shape, hidden=args.hidden, channels_last=args.channels_last), args)
     inner = dict(n_way=args.ways, inner_lr=args.inner_lr, train_steps=args.steps)
     model = {
         "maml": lambda: MAML(backbone, **inner),
@@ -126,6 +130,7 @@ def run_learn2learn(args: argparse.Namespace, data) -> Built:
     backbone = Conv4(data.example_shape, hidden=args.hidden)
     if args.learn2learn_pool == "torch":
         with_torch_max_pool(backbone)
+    compiled(backbone, args)
     episode = dict(
         train_ways=args.ways, train_shots=args.shots, train_queries=args.queries, test_ways=args.ways,
         test_shots=args.shots, test_queries=args.queries, lr=0.001,
@@ -147,6 +152,23 @@ def run_learn2learn(args: argparse.Namespace, data) -> Built:
     return Built(model, trainer, batcher, timer)
 
 
+COMPILABLE = ("anil", "protonet")
+
+
+def compiled(backbone: Any, args: argparse.Namespace) -> Any:
+    """``backbone``, compiled in place with ``torch.compile`` under ``--compile`` (ANIL and ProtoNet only).
+
+    MAML differentiates twice through the backbone, which ``torch.compile`` does not support (pytorch
+    #91469, #183603: it raises on double backward), and its inner loop rebuilds the network's parameters for
+    every task (recompiling each time); ANIL's double backward goes through the linear head only.
+    """
+    if args.compile:
+        if args.algorithm not in COMPILABLE:
+            raise SystemExit(f"--compile works for {', '.join(COMPILABLE)}, not {args.algorithm}")
+        backbone.compile()
+    return backbone
+
+
 def with_torch_max_pool(network: Any) -> Any:
     """``network`` with every metaclinic ``MaxPool2d`` replaced by torch's (same outputs, no parameters)."""
     from torch import nn
@@ -160,6 +182,21 @@ def with_torch_max_pool(network: Any) -> Any:
                                      child_module.dilation, ceil_mode=child_module.ceil_mode)  # fmt: skip
                 setattr(module, child_name, stock)
     return network
+
+
+def flops_per_task(built: Built, data: Any, meta_batch_size: int) -> float:
+    """Floating-point operations of one metaclinic training meta-batch, forward and backward, per task."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = built.model
+    raw = next(iter(data.train_dataloader()))
+    batch = data.on_after_batch_transfer(model.transfer_batch_to_device(raw, model.device, 0), 0)
+    model.train()
+    with torch.compiler.set_stance("force_eager"), FlopCounterMode(display=False) as counter:
+        loss, _ = model._step(batch)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / meta_batch_size
 
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
@@ -180,11 +217,14 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     skip = args.warmup * args.meta_batch_size // tasks_per_batch
     stamps = built.timer.stamps
     tasks = (len(stamps) - 1 - skip) * tasks_per_batch
-    return {
+    result = {
         "tasks_per_second": tasks / (stamps[-1] - stamps[skip]),
         "peak_memory_growth_mb": peak_memory_mb(device) - before,
         "tasks_timed": tasks,
     }
+    if args.implementation == "metaclinic":
+        result["flops_per_task"] = flops_per_task(built, data, args.meta_batch_size)
+    return result
 
 
 def _resident_mb() -> float:
@@ -223,6 +263,10 @@ def main() -> None:
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--learn2learn_pool", default="torch", choices=["torch", "metaclinic"],
                         help="learn2learn's Conv-4 pool: torch's nn.MaxPool2d or metaclinic's")  # fmt: skip
+    parser.add_argument("--channels_last", action="store_true", help="metaclinic's Conv-4 in channels-last")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone (ANIL, ProtoNet)")
+    parser.add_argument("--peak_tflops", type=float, default=None,
+                        help="the hardware's peak TFLOP/s at this precision")  # fmt: skip
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--algorithm", default="maml", help=argparse.SUPPRESS)
     parser.add_argument("--implementation", default="metaclinic", help=argparse.SUPPRESS)
@@ -232,22 +276,32 @@ def main() -> None:
         return
     print(f"Hardware: {hardware()}; {args.ways}-way {args.shots}-shot, {args.queries} queries, "
           f"{args.steps} inner step(s), meta-batch {args.meta_batch_size}, "
-          f"precision {args.precision}, learn2learn's max-pool: {args.learn2learn_pool}\n")  # fmt: skip
+          f"precision {args.precision}, learn2learn's max-pool: {args.learn2learn_pool}"
+          f"{', backbones compiled' if args.compile else ''}"
+          f"{', metaclinic channels-last' if args.channels_last else ''}\n")  # fmt: skip
     print("| algorithm | learn2learn Lightning (tasks/s) | metaclinic (tasks/s) | speed-up | "
-          "peak memory growth, l2l / metaclinic (MB) |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- |")
+          "peak memory growth, l2l / metaclinic (MB) | GFLOP per task | metaclinic GFLOP/s |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for algorithm in args.algorithms:
         rates: dict[str, list[float]] = {"learn2learn": [], "metaclinic": [], "ratio": []}
+        flops = 0.0
         memory: dict[str, list[float]] = {"learn2learn": [], "metaclinic": []}
         for _ in range(args.repeats):
             for implementation in ("learn2learn", "metaclinic"):
                 result = measure(args, algorithm, implementation)
                 rates[implementation].append(result["tasks_per_second"])
                 memory[implementation].append(result["peak_memory_growth_mb"])
+                flops = result.get("flops_per_task", flops)
             rates["ratio"].append(rates["metaclinic"][-1] / rates["learn2learn"][-1])
         peaks = f"{max(memory['learn2learn']):.0f} / {max(memory['metaclinic']):.0f}"
+        achieved = flops * statistics.median(rates["metaclinic"]) / 1e9
+        if args.peak_tflops:
+            achieved_text = f"{achieved:.1f} ({achieved / (10 * args.peak_tflops):.2f}% of peak)"
+        else:
+            achieved_text = f"{achieved:.1f}"
         print(f"| {algorithm} | {spread(rates['learn2learn'])} | {spread(rates['metaclinic'])} | "
-              f"{spread(rates['ratio'])}x | {peaks} |", flush=True)  # fmt: skip
+              f"{spread(rates['ratio'])}x | {peaks} | {flops / 1e9:.2f} | {achieved_text} |",
+              flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

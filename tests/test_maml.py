@@ -8,7 +8,8 @@ import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
-from metaclinic.algorithms import MAML
+from metaclinic.algorithms import MAML, MetaSGD
+from metaclinic.algorithms.base import EpisodicModule
 from metaclinic.models import Conv4
 
 
@@ -69,6 +70,58 @@ def test_second_order_and_first_order_meta_gradients_differ(make_datamodule):
         grads[first_order] = torch.cat([p.grad.flatten() for p in model.parameters()])
     assert torch.isfinite(grads[False]).all()
     assert not torch.allclose(grads[False], grads[True], rtol=1e-3, atol=1e-6)
+
+
+class LiveSavedTensors:
+    """The bytes autograd holds for backward passes, now and at most (a tensor saved twice counts twice)."""
+
+    def __init__(self) -> None:
+        self.live = self.peak = 0
+
+    def pack(self, tensor: torch.Tensor) -> object:
+        meter, size = self, tensor.numel() * tensor.element_size()
+
+        class Saved:
+            def __del__(self) -> None:
+                meter.live -= size
+
+        saved = Saved()
+        saved.tensor = tensor
+        self.live += size
+        self.peak = max(self.peak, self.live)
+        return saved
+
+    def hooks(self) -> torch.autograd.graph.saved_tensors_hooks:
+        return torch.autograd.graph.saved_tensors_hooks(self.pack, lambda saved: saved.tensor)
+
+
+@pytest.mark.parametrize("algorithm", ["MAML", "FOMAML", "MetaSGD"])
+def test_task_by_task_meta_gradient_is_the_one_graph_meta_gradient_in_a_fraction_of_the_memory(
+    algorithm: str, make_datamodule
+):
+    data = make_datamodule(meta_batch_size=4)
+    data.setup()
+    batch = data.on_after_batch_transfer(next(iter(data.train_dataloader())), 0)
+    results = {}
+    for path in ("one graph", "task by task"):
+        torch.manual_seed(0)
+        settings = dict(n_way=5, train_steps=2, first_order=algorithm == "FOMAML")
+        if algorithm == "MetaSGD":
+            model = MetaSGD(Conv4((3, 28, 28), hidden=16), **settings)
+        else:
+            model = make_maml(**settings)
+        training_loss = EpisodicModule.training_loss if path == "one graph" else MAML.training_loss
+        meter = LiveSavedTensors()
+        with meter.hooks():
+            loss, accuracy = training_loss(model, batch)
+            loss.backward()
+        results[path] = (loss.detach(), accuracy, [p.grad for p in model.parameters()], meter.peak)
+    (loss, accuracy, grads, peak), (loss_t, accuracy_t, grads_t, peak_t) = results.values()
+    torch.testing.assert_close(loss_t, loss)
+    torch.testing.assert_close(accuracy_t, accuracy)
+    for grad, grad_t in zip(grads, grads_t, strict=True):
+        torch.testing.assert_close(grad_t, grad, rtol=1e-4, atol=1e-6)
+    assert peak_t < 0.4 * peak, f"task by task holds {peak_t} bytes at most, one graph {peak}"
 
 
 def test_evaluation_builds_no_graph_and_leaves_weights_untouched(make_datamodule):

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, seed_everything
+from lightning.pytorch.plugins import MixedPrecision, Precision
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -35,11 +36,12 @@ class MetaGradient(Callback):
         self.gradient = torch.cat([p.grad.flatten().float() for p in pl_module.parameters()])
 
 
-def trainer_meta_gradient(make_model, batch: TaskBatch, precision: str) -> Tensor:
-    """The meta-gradient of one real Lightning training step on ``batch`` at ``precision``."""
+def trainer_meta_gradient(make_model, batch: TaskBatch, precision: str | Precision) -> Tensor:
+    """The meta-gradient of one real Lightning training step on ``batch`` at ``precision`` (or plugin)."""
     torch.manual_seed(0)
     grab = MetaGradient()
-    trainer = quiet_trainer(max_steps=1, precision=precision, accelerator="cpu", callbacks=[grab])
+    setting = {"plugins": [precision]} if isinstance(precision, Precision) else {"precision": precision}
+    trainer = quiet_trainer(max_steps=1, **setting, accelerator="cpu", callbacks=[grab])
     trainer.fit(make_model(), train_dataloaders=DataLoader([batch], batch_size=None))
     return grab.gradient
 
@@ -114,6 +116,23 @@ def test_fp16_autocast_with_loss_scaling_gives_a_finite_meta_gradient_close_to_f
     print(f"fp16 vs fp32 meta-gradient cosine {similarity:.5f}")
     assert torch.isfinite(gradients[torch.float16]).all()
     assert similarity > 0.99
+
+
+def test_lightnings_fp16_loss_scaler_scales_each_tasks_loss_and_gives_the_fp32_meta_gradient(make_datamodule):
+    """``16-mixed`` through Lightning's own plugin and GradScaler (2**16, as on a GPU; on the CPU only an
+    explicit plugin keeps fp16): the task-by-task meta-gradient (``InnerLoopModule.training_loss``) scales
+    every task's loss as Lightning scales the returned one, so it is finite and matches fp32."""
+    batch = medmnist_batch(make_datamodule)
+
+    def make_model() -> nn.Module:
+        return algorithms.MAML(Conv4((3, 28, 28), hidden=8), n_way=5, inner_lr=0.4, train_steps=5)
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    fp16 = trainer_meta_gradient(make_model, batch, MixedPrecision("16-mixed", "cpu", scaler))
+    fp32 = trainer_meta_gradient(make_model, batch, "32-true")
+    assert scaler.get_scale() == 2.0**16, "the scaler skipped the step: the scaled meta-gradient overflowed"
+    assert torch.isfinite(fp16).all()
+    assert cosine(fp32, fp16) > 0.99
 
 
 @pytest.mark.parametrize("name", ["MAML", "ANIL"])

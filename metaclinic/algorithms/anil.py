@@ -26,6 +26,10 @@ class ANIL(InnerLoopModule):
         **kwargs: inner-loop and optimizer settings of :class:`InnerLoopModule`.
     """
 
+    # One backbone call embeds the whole meta-batch, so every task's loss shares that graph: its backward
+    # runs once, for the meta-batch (the head's inner loops are small).
+    backward_per_task = False
+
     def __init__(self, backbone: nn.Module, **kwargs) -> None:
         super().__init__(**kwargs)
         self.backbone = backbone

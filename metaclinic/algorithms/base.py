@@ -141,9 +141,18 @@ class EpisodicModule(LightningModule):
         logits = self.class_logits(scores, batch)
         return self.query_loss(scores, batch), episode_accuracy(logits, batch.query_y)
 
+    def training_loss(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
+        """The meta-loss the outer update differentiates, and every episode's accuracy.
+
+        By default one graph for the whole meta-batch; an algorithm may compute the meta-gradient task by
+        task instead (see :class:`~metaclinic.algorithms.inner_loop.InnerLoopModule`), as long as the loss
+        it returns has that gradient.
+        """
+        return self._step(batch)
+
     def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
-        loss, accuracy = self._step(batch)
-        self.log_training(loss, accuracy)
+        loss, accuracy = self.training_loss(batch)
+        self.log_training(loss.detach(), accuracy)
         return loss
 
     def log_training(self, loss: Tensor, accuracy: Tensor) -> None:

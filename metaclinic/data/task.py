@@ -44,6 +44,14 @@ class TaskBatch(Task):
     def __len__(self) -> int:
         return self.support_x.shape[0]
 
+    def __getitem__(self, tasks: slice) -> TaskBatch:
+        """The meta-batch of the tasks in the slice ``tasks``: ``batch[i : i + 1]`` holds task ``i`` alone."""
+        if not isinstance(tasks, slice):
+            raise TypeError(f"a TaskBatch is indexed with a slice (batch[i : i + 1]), not {tasks!r}")
+        fields = ("support_x", "support_y", "query_x", "query_y", "classes", "episode_index")
+        sliced = {f: getattr(self, f)[tasks] for f in fields}
+        return TaskBatch(**sliced, meta_batch_index=self.meta_batch_index)
+
     def __iter__(self) -> Iterator[Task]:
         for i in range(len(self)):
             yield Task(
