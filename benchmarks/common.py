@@ -59,3 +59,26 @@ def hardware() -> str:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"
         + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU")
     )
+
+
+class LiveSavedTensors:
+    """The bytes autograd holds for backward passes, now and at most (a tensor saved twice counts twice)."""
+
+    def __init__(self) -> None:
+        self.live = self.peak = 0
+
+    def pack(self, tensor: torch.Tensor) -> object:
+        meter, size = self, tensor.numel() * tensor.element_size()
+
+        class Saved:
+            def __del__(self) -> None:
+                meter.live -= size
+
+        saved = Saved()
+        saved.tensor = tensor
+        self.live += size
+        self.peak = max(self.peak, self.live)
+        return saved
+
+    def hooks(self) -> torch.autograd.graph.saved_tensors_hooks:
+        return torch.autograd.graph.saved_tensors_hooks(self.pack, lambda saved: saved.tensor)

@@ -3,11 +3,12 @@
     python -m benchmarks.scaling --out benchmarks/results          # real MedMNIST, CPU
     python -m benchmarks.scaling --synthetic --iterations 2 --out /tmp/scaling
 
-One meta-iteration is what a training step does: score the meta-batch (adapting to every support set),
-the query loss, its backward pass (through the inner loop for second-order MAML) and the Adam step. It is
-timed without Lightning, to see the algorithm's own cost. Memory is the size of the tensors autograd saves
-for the backward pass (counted with ``saved_tensors_hooks``): what grows with inner-loop steps and
-meta-batch size and bounds them on a GPU; on a GPU the peak allocated memory is reported as well.
+One meta-iteration is what a training step does (``training_loss``): score the meta-batch (adapting to every
+support set), the query loss, its backward pass (through the inner loop for second-order MAML; MAML does it
+task by task) and the Adam step. It is timed without Lightning, to see the algorithm's own cost. Memory is
+the peak size of the tensors autograd holds for backward passes (``saved_tensors_hooks``): what grows with
+inner-loop steps, shots and meta-batch size and bounds them on a GPU; on a GPU the peak allocated memory is
+reported as well.
 Each curve varies one setting from the base (MAML second order and ProtoNet; 5-way 5-shot, 15 queries,
 1 inner step, meta-batch 4). Writes ``scaling.json`` and ``scaling.png`` into ``--out``.
 """
@@ -22,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from lightning.fabric.utilities.apply_func import move_data_to_device
 
-from benchmarks.common import data_arguments, hardware, medmnist
+from benchmarks.common import LiveSavedTensors, data_arguments, hardware, medmnist
 from metaclinic.algorithms import MAML, ProtoNet
 from metaclinic.models import Conv4
 
@@ -35,20 +35,6 @@ SWEEPS = {
     "meta-batch size": ("meta_batch_size", [1, 2, 4, 8, 16]),
 }
 BASE = {"steps": 1, "shots": 5, "meta_batch_size": 4}
-
-
-def saved_bytes(run) -> tuple[Any, int]:
-    """Runs ``run()`` counting the bytes of every tensor autograd saves for backward."""
-    total = 0
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        total += tensor.numel() * tensor.element_size()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        result = run()
-    return result, total
 
 
 def one_setting(
@@ -81,11 +67,13 @@ def one_setting(
         torch.cuda.reset_peak_memory_stats()
     for i, batch in enumerate(batches):
         start = time.perf_counter()
-        scores, saved = saved_bytes(lambda b=batch: model.score_tasks(b))
-        loss = F.cross_entropy(scores.flatten(0, 1), batch.query_y.flatten())
-        optimizer.zero_grad()
-        loss.backward()
+        meter = LiveSavedTensors()
+        with meter.hooks():
+            loss, _ = model.training_loss(batch)
+            optimizer.zero_grad()
+            loss.backward()
         optimizer.step()
+        saved = meter.peak
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i > 0:  # the first iteration warms up
@@ -109,7 +97,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
             axes[0, column].plot(values, [r["seconds"] for r in rows], marker="o", label=algorithm)
             axes[1, column].plot(values, [r["saved_mb"] for r in rows], marker="o", label=algorithm)
         axes[0, column].set(title=label, ylabel="seconds per meta-iteration")
-        axes[1, column].set(xlabel=label, ylabel="autograd saved tensors (MB)")
+        axes[1, column].set(xlabel=label, ylabel="peak autograd saved tensors (MB)")
         for row in (0, 1):
             axes[row, column].grid(alpha=0.3)
     axes[0, 0].legend()

@@ -8,8 +8,8 @@ import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
-from metaclinic.algorithms import MAML, MetaSGD
-from metaclinic.algorithms.base import EpisodicModule
+from benchmarks.common import LiveSavedTensors
+from metaclinic.algorithms import MAML, MetaSGD, ProtoNet
 from metaclinic.models import Conv4
 
 
@@ -72,30 +72,7 @@ def test_second_order_and_first_order_meta_gradients_differ(make_datamodule):
     assert not torch.allclose(grads[False], grads[True], rtol=1e-3, atol=1e-6)
 
 
-class LiveSavedTensors:
-    """The bytes autograd holds for backward passes, now and at most (a tensor saved twice counts twice)."""
-
-    def __init__(self) -> None:
-        self.live = self.peak = 0
-
-    def pack(self, tensor: torch.Tensor) -> object:
-        meter, size = self, tensor.numel() * tensor.element_size()
-
-        class Saved:
-            def __del__(self) -> None:
-                meter.live -= size
-
-        saved = Saved()
-        saved.tensor = tensor
-        self.live += size
-        self.peak = max(self.peak, self.live)
-        return saved
-
-    def hooks(self) -> torch.autograd.graph.saved_tensors_hooks:
-        return torch.autograd.graph.saved_tensors_hooks(self.pack, lambda saved: saved.tensor)
-
-
-@pytest.mark.parametrize("algorithm", ["MAML", "FOMAML", "MetaSGD"])
+@pytest.mark.parametrize("algorithm", ["MAML", "FOMAML", "MetaSGD", "ProtoNet"])
 def test_task_by_task_meta_gradient_is_the_one_graph_meta_gradient_in_a_fraction_of_the_memory(
     algorithm: str, make_datamodule
 ):
@@ -108,12 +85,14 @@ def test_task_by_task_meta_gradient_is_the_one_graph_meta_gradient_in_a_fraction
         settings = dict(n_way=5, train_steps=2, first_order=algorithm == "FOMAML")
         if algorithm == "MetaSGD":
             model = MetaSGD(Conv4((3, 28, 28), hidden=16), **settings)
+        elif algorithm == "ProtoNet":
+            model = ProtoNet(Conv4((3, 28, 28), hidden=16))
         else:
             model = make_maml(**settings)
-        training_loss = EpisodicModule.training_loss if path == "one graph" else MAML.training_loss
+        assert model.backward_per_task
         meter = LiveSavedTensors()
         with meter.hooks():
-            loss, accuracy = training_loss(model, batch)
+            loss, accuracy = model._step(batch) if path == "one graph" else model.training_loss(batch)
             loss.backward()
         results[path] = (loss.detach(), accuracy, [p.grad for p in model.parameters()], meter.peak)
     (loss, accuracy, grads, peak), (loss_t, accuracy_t, grads_t, peak_t) = results.values()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -26,6 +27,13 @@ from metaclinic.models.batch_norm import uses_batch_statistics
 from metaclinic.report import MIXED_DOMAIN, MetaTestReport
 
 
+def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """A context that turns autocast off on ``device`` (nothing to do where autocast does not exist)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 class EpisodicModule(LightningModule):
     """Owns what all meta-algorithms share; a subclass only says how it adapts and scores.
 
@@ -43,6 +51,7 @@ class EpisodicModule(LightningModule):
         scheduler: optionally builds a learning-rate scheduler, stepped every meta-batch.
     """
 
+    backward_per_task = False  # True where every task builds its own graph: see training_loss
     meta_trained = True  # False for baselines that have nothing to meta-train (fit goes straight to test)
     is_baseline = False  # True for the reference methods that reports show beside every meta-learner
 
@@ -144,11 +153,45 @@ class EpisodicModule(LightningModule):
     def training_loss(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
         """The meta-loss the outer update differentiates, and every episode's accuracy.
 
-        By default one graph for the whole meta-batch; an algorithm may compute the meta-gradient task by
-        task instead (see :class:`~metaclinic.algorithms.inner_loop.InnerLoopModule`), as long as the loss
-        it returns has that gradient.
+        By default one graph holds the whole meta-batch. Where every task builds a graph of its own and the
+        meta-loss is the mean of the tasks' losses, ``backward_per_task`` differentiates each task's loss as
+        soon as it is scored, so one task's graph is alive at a time. For MAML that graph holds every inner
+        step's activations: peak memory becomes one task's, whatever the meta-batch size (as in learn2learn's
+        Lightning modules, which take one task per step).
+
+        The loss returned then has the value of the mean loss and, by construction (``mean + s - s.detach()``,
+        ``s`` the sum of ``parameter * meta-gradient``), exactly the accumulated meta-gradient, so Lightning's
+        backward, DDP's gradient averaging, clipping and accumulation work on it unchanged. Each task's loss
+        is scaled as Lightning's loss scaler (``16-mixed``) scales the returned one, so fp16 gradients do not
+        underflow and an overflow still reaches the scaler as ``inf``. Each backward pass runs with autocast
+        off, as Lightning's does: under autocast the second-order terms of the (fp32) inner loop would be
+        computed in half precision, and overflowed to NaN at fp16's loss scale.
         """
-        return self._step(batch)
+        if not self.backward_per_task:
+            return self._step(batch)
+        self.check_episode(batch)
+        params = [p for p in self.parameters() if p.requires_grad]
+        meta_grads = [torch.zeros_like(p) for p in params]
+        scale = self.loss_scale()
+        losses, accuracies = [], []
+        for i in range(len(batch)):
+            episode = batch[i : i + 1]
+            loss, accuracy = self.query_metrics(self.score_tasks(episode), episode)
+            with full_precision(loss.device):  # a backward pass, as Lightning's, outside autocast
+                grads = torch.autograd.grad(loss * (scale / len(batch)), params, allow_unused=True)
+            for total, grad in zip(meta_grads, grads, strict=True):
+                if grad is not None:
+                    total.add_(grad)
+            losses.append(loss.detach())
+            accuracies.append(accuracy)
+        through_params = sum((p * (g / scale)).sum() for p, g in zip(params, meta_grads, strict=True))
+        return torch.stack(losses).mean() + through_params - through_params.detach(), torch.cat(accuracies)
+
+    def loss_scale(self) -> float:
+        """The factor Lightning's precision plugin multiplies the loss by before backward (1 without one)."""
+        trainer = self._trainer
+        scaler = getattr(trainer.precision_plugin, "scaler", None) if trainer is not None else None
+        return scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
 
     def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
         loss, accuracy = self.training_loss(batch)

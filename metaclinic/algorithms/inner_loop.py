@@ -16,23 +16,14 @@ support sets (``n_way * n_shot`` examples).
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from metaclinic.algorithms.base import EpisodicModule
+from metaclinic.algorithms.base import EpisodicModule, full_precision
 from metaclinic.data.task import TaskBatch
 from metaclinic.errors import DataError
-
-
-def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
-    """A context that turns autocast off on ``device`` (nothing to do where autocast does not exist)."""
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device.type, enabled=False)
-    return contextlib.nullcontext()
 
 
 class InnerLoopModule(EpisodicModule):
@@ -55,7 +46,9 @@ class InnerLoopModule(EpisodicModule):
         scheduler: optional outer-loop learning-rate scheduler.
     """
 
-    backward_per_task = True  # see training_loss; off in ANIL, whose backbone embeds the meta-batch at once
+    backward_per_task = (
+        True  # see EpisodicModule.training_loss; off in ANIL (one backbone call per meta-batch)
+    )
 
     def __init__(
         self,
@@ -72,47 +65,6 @@ class InnerLoopModule(EpisodicModule):
         self.n_way, self.inner_lr, self.first_order = n_way, inner_lr, first_order
         self.train_steps, self.eval_steps = train_steps, eval_steps
         self.eval_inner_lr = inner_lr if eval_inner_lr is None else eval_inner_lr
-
-    def training_loss(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
-        """The meta-loss with its meta-gradient computed task by task, so one task's graph is alive at a time.
-
-        Each task's inner loop and query loss build a graph that only the meta-gradient needs (second order:
-        every inner step's activations). Differentiating each task's loss as soon as it is scored frees
-        that graph before the next task's is built: peak memory is one task's, whatever the meta-batch size
-        (as in learn2learn's Lightning modules, which take one task per step). The returned loss has the
-        value of the mean query loss and, by construction (``mean + s - s.detach()`` with ``s`` the sum of
-        ``parameter * meta-gradient``), exactly the accumulated meta-gradient, so Lightning's backward,
-        DDP's gradient averaging, gradient clipping and accumulation work on it unchanged. Under a loss
-        scaler (``16-mixed``) each task's loss is scaled as Lightning scales the returned one, so half
-        precision gradients do not underflow, and an overflow still reaches the scaler as ``inf``. Each
-        backward pass runs with autocast off, as Lightning's does: under autocast the second-order terms
-        of the (fp32) inner loop would be computed in half precision, and overflowed to NaN at fp16's scale.
-        """
-        if not self.backward_per_task:
-            return super().training_loss(batch)
-        self.check_episode(batch)
-        params = [p for p in self.parameters() if p.requires_grad]
-        meta_grads = [torch.zeros_like(p) for p in params]
-        scale = self.loss_scale()
-        losses, accuracies = [], []
-        for i in range(len(batch)):
-            episode = batch[i : i + 1]
-            loss, accuracy = self.query_metrics(self.score_tasks(episode), episode)
-            with full_precision(loss.device):  # a backward pass, as Lightning's, outside autocast
-                grads = torch.autograd.grad(loss * (scale / len(batch)), params, allow_unused=True)
-            for total, grad in zip(meta_grads, grads, strict=True):
-                if grad is not None:
-                    total.add_(grad)
-            losses.append(loss.detach())
-            accuracies.append(accuracy)
-        through_params = sum((p * (g / scale)).sum() for p, g in zip(params, meta_grads, strict=True))
-        return torch.stack(losses).mean() + through_params - through_params.detach(), torch.cat(accuracies)
-
-    def loss_scale(self) -> float:
-        """The factor Lightning's precision plugin multiplies the loss by before backward (1 without one)."""
-        trainer = self._trainer
-        scaler = getattr(trainer.precision_plugin, "scaler", None) if trainer is not None else None
-        return scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
 
     def check_episode(self, batch: TaskBatch) -> None:
         if batch.n_way != self.n_way:

@@ -21,8 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaclinic.algorithms.adapted import AdaptedHead, one_episode
-from metaclinic.algorithms.base import EpisodicModule
-from metaclinic.algorithms.inner_loop import full_precision
+from metaclinic.algorithms.base import EpisodicModule, full_precision
 from metaclinic.algorithms.pooling import class_means
 from metaclinic.data.task import TaskBatch
 from metaclinic.errors import DataError
