@@ -22,6 +22,7 @@ import statistics
 from lightning.pytorch import Trainer, seed_everything
 
 from benchmarks.common import data_arguments, hardware, medmnist, spread
+from benchmarks.throughput import arguments as throughput_arguments
 from benchmarks.throughput import run_learn2learn, run_metaclinic
 from metaclinic.algorithms import MAML
 from metaclinic.compare import Run, markdown, paired_differences
@@ -69,10 +70,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
     print(f"Hardware: {hardware()}", flush=True)
-    settings = argparse.Namespace(
-        algorithm="maml", ways=5, shots=5, queries=15, steps=1, inner_lr=0.4, hidden=64, meta_batch_size=4,
-        warmup=0, meta_batches=args.meta_batches, accelerator="cpu", precision="32-true",
-    )  # fmt: skip
+    # The throughput benchmark's settings (5-way 5-shot, 15 queries, 1 inner step of 0.4, meta-batch 4).
+    settings = throughput_arguments().parse_args(
+        ["--algorithm=maml", "--warmup=0", f"--meta_batches={args.meta_batches}"]
+    )
     accuracy: dict[str, list[float]] = {}
     differences = []
     for seed in args.seeds:

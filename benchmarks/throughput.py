@@ -244,7 +244,8 @@ def measure(args: argparse.Namespace, algorithm: str, implementation: str) -> di
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
+    """The benchmark's options (``benchmarks.accuracy_parity`` trains with them too)."""
     parser = data_arguments(
         argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     )
@@ -270,7 +271,11 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--algorithm", default="maml", help=argparse.SUPPRESS)
     parser.add_argument("--implementation", default="metaclinic", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = arguments().parse_args()
     if args.child:
         print(json.dumps(child(args)))
         return
