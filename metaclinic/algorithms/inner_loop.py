@@ -46,9 +46,8 @@ class InnerLoopModule(EpisodicModule):
         scheduler: optional outer-loop learning-rate scheduler.
     """
 
-    backward_per_task = (
-        True  # see EpisodicModule.training_loss; off in ANIL (one backbone call per meta-batch)
-    )
+    # Each task's inner loop builds a graph of its own: differentiated task by task (see training_loss).
+    backward_per_task = True
 
     def __init__(
         self,

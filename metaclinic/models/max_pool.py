@@ -15,9 +15,10 @@ class MaxPool2d(nn.MaxPool2d):
     it was 16% of a second-order MAML step. On CPU this module lets the channels-last kernel find where
     the maxima are, without autograd, and picks them out of the NCHW input with ``gather``, so autograd
     (including MAML's second order) differentiates a gather, never a channels-last tensor: converting the
-    whole pool to channels-last made the ReLU's backward 4x slower and the step slower overall. A MAML
-    meta-batch on Conv-4 is 1.12x (second order) and 1.21x (first order) faster with the same
-    meta-gradient. Elsewhere (GPU, channels-last input, ``return_indices``) it is ``nn.MaxPool2d``.
+    whole pool to channels-last made the ReLU's backward 4x slower and the step slower overall. A Conv-4
+    MAML meta-batch measured 1.02x to 1.15x faster (second order, three micro-benchmarks) and 1.21x (first
+    order), with the same meta-gradient. Elsewhere (GPU, channels-last input, ``return_indices``) it is
+    ``nn.MaxPool2d``.
 
     Among tied maxima the two kernels may pick different positions, which changes which input receives
     the gradient; after a ReLU ties are zeros, whose gradient the ReLU blocks either way.
