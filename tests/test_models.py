@@ -39,5 +39,7 @@ def test_max_pool_takes_the_gather_path_only_for_nchw_cpu_tensors():
     assert type(MaxPool2d(2)(x).grad_fn.next_functions[0][0]).__name__ == "GatherBackward0"
     channels_last = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
     assert type(MaxPool2d(2)(channels_last).grad_fn).__name__ == "MaxPool2DWithIndicesBackward0"
+    compiled = torch.compile(MaxPool2d(2), backend="eager")  # the compiler's own max-pool, not the gather
+    assert type(compiled(x).grad_fn).__name__ == "MaxPool2DWithIndicesBackward0"
     _, index = MaxPool2d(2, return_indices=True)(x)
     torch.testing.assert_close(index, F.max_pool2d(x, 2, return_indices=True)[1])

@@ -17,8 +17,8 @@ class MaxPool2d(nn.MaxPool2d):
     (including MAML's second order) differentiates a gather, never a channels-last tensor: converting the
     whole pool to channels-last made the ReLU's backward 4x slower and the step slower overall. A Conv-4
     MAML meta-batch measured 1.02x to 1.15x faster (second order, three micro-benchmarks) and 1.21x (first
-    order), with the same meta-gradient. Elsewhere (GPU, channels-last input, ``return_indices``) it is
-    ``nn.MaxPool2d``.
+    order), with the same meta-gradient. Elsewhere (GPU, under ``torch.compile``, channels-last input,
+    ``return_indices``) it is ``nn.MaxPool2d``.
 
     Among tied maxima the two kernels may pick different positions, which changes which input receives
     the gradient; after a ReLU ties are zeros, whose gradient the ReLU blocks either way.
@@ -27,6 +27,7 @@ class MaxPool2d(nn.MaxPool2d):
     def forward(self, x: Tensor) -> Tensor:
         if (
             x.device.type != "cpu"
+            or torch.compiler.is_compiling()  # the compiler generates its own max-pool kernel
             or x.dim() != 4
             or self.return_indices
             or x.is_contiguous(memory_format=torch.channels_last)
