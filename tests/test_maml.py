@@ -9,7 +9,8 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 
 from benchmarks.common import LiveSavedTensors
-from metaclinic.algorithms import MAML, MetaSGD, ProtoNet
+from metaclinic import algorithms
+from metaclinic.algorithms import MAML, MetaSGD
 from metaclinic.models import Conv4
 
 
@@ -72,7 +73,12 @@ def test_second_order_and_first_order_meta_gradients_differ(make_datamodule):
     assert not torch.allclose(grads[False], grads[True], rtol=1e-3, atol=1e-6)
 
 
-@pytest.mark.parametrize("algorithm", ["MAML", "FOMAML", "MetaSGD", "ProtoNet"])
+METRIC = ("ProtoNet", "MatchingNet", "RelationNet", "Siamese")
+
+
+@pytest.mark.parametrize(
+    "algorithm", ["MAML", "FOMAML", "MetaSGD", "ProtoNet", "MatchingNet", "RelationNet", "Siamese"]
+)
 def test_task_by_task_meta_gradient_is_the_one_graph_meta_gradient_in_a_fraction_of_the_memory(
     algorithm: str, make_datamodule
 ):
@@ -85,8 +91,8 @@ def test_task_by_task_meta_gradient_is_the_one_graph_meta_gradient_in_a_fraction
         settings = dict(n_way=5, train_steps=2, first_order=algorithm == "FOMAML")
         if algorithm == "MetaSGD":
             model = MetaSGD(Conv4((3, 28, 28), hidden=16), **settings)
-        elif algorithm == "ProtoNet":
-            model = ProtoNet(Conv4((3, 28, 28), hidden=16))
+        elif algorithm in METRIC:
+            model = getattr(algorithms, algorithm)(Conv4((3, 28, 28), hidden=16))
         else:
             model = make_maml(**settings)
         assert model.backward_per_task

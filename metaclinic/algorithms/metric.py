@@ -7,6 +7,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from metaclinic.algorithms.base import EpisodicModule
+from metaclinic.models.batch_norm import uses_batch_statistics
 
 
 class MetricModule(EpisodicModule):
@@ -28,6 +29,12 @@ class MetricModule(EpisodicModule):
     ) -> None:
         super().__init__(optimizer, scheduler)
         self.backbone = backbone
+
+    @property
+    def backward_per_task(self) -> bool:
+        """Task by task when each episode is embedded on its own anyway (batch norm on batch statistics):
+        each task's graph is then separate and its loss a mean over its queries (see ``training_loss``)."""
+        return uses_batch_statistics(self.backbone)
 
     @property
     def embedding_size(self) -> int:

@@ -17,11 +17,10 @@ from metaclinic.algorithms.adapted import PrototypeClassifier
 from metaclinic.algorithms.metric import MetricModule
 from metaclinic.algorithms.pooling import class_means
 from metaclinic.data.task import TaskBatch
-from metaclinic.models.batch_norm import uses_batch_statistics
 
 
 class ProtoNet(MetricModule):
-    """Prototypical Networks, batched over the whole meta-batch (unless batch norm needs each episode alone).
+    """Prototypical Networks, batched over the whole meta-batch (unless batch norm embeds each episode alone).
 
     Args:
         backbone: maps inputs to embeddings.
@@ -39,11 +38,6 @@ class ProtoNet(MetricModule):
     ) -> None:
         super().__init__(backbone, **kwargs)
         self.distance, self.temperature = distance, temperature
-
-    @property
-    def backward_per_task(self) -> bool:
-        """Task by task when each episode is embedded on its own anyway (batch norm on batch statistics)."""
-        return uses_batch_statistics(self.backbone)
 
     def score_tasks(self, batch: TaskBatch) -> Tensor:
         support, query = self.embed_episodes(self.backbone, batch)
