@@ -61,22 +61,28 @@ def hardware() -> str:
     )
 
 
+class _Saved:
+    """A tensor autograd saved, which gives its bytes back to the meter when autograd lets it go."""
+
+    __slots__ = ("meter", "size", "tensor")
+
+    def __init__(self, meter: LiveSavedTensors, tensor: torch.Tensor) -> None:
+        self.meter, self.tensor = meter, tensor
+        self.size = tensor.numel() * tensor.element_size()
+
+    def __del__(self) -> None:
+        self.meter.live -= self.size
+
+
 class LiveSavedTensors:
     """The bytes autograd holds for backward passes, now and at most (a tensor saved twice counts twice)."""
 
     def __init__(self) -> None:
         self.live = self.peak = 0
 
-    def pack(self, tensor: torch.Tensor) -> object:
-        meter, size = self, tensor.numel() * tensor.element_size()
-
-        class Saved:
-            def __del__(self) -> None:
-                meter.live -= size
-
-        saved = Saved()
-        saved.tensor = tensor
-        self.live += size
+    def pack(self, tensor: torch.Tensor) -> _Saved:
+        saved = _Saved(self, tensor)
+        self.live += saved.size
         self.peak = max(self.peak, self.live)
         return saved
 

@@ -193,7 +193,7 @@ def flops_per_task(built: Built, data: Any, meta_batch_size: int) -> float:
     batch = data.on_after_batch_transfer(model.transfer_batch_to_device(raw, model.device, 0), 0)
     model.train()
     with torch.compiler.set_stance("force_eager"), FlopCounterMode(display=False) as counter:
-        loss, _ = model._step(batch)
+        loss, _ = model.training_loss(batch)
         loss.backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops() / meta_batch_size

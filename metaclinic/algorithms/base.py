@@ -169,14 +169,12 @@ class EpisodicModule(LightningModule):
         """
         if not self.backward_per_task:
             return self._step(batch)
-        self.check_episode(batch)
         params = [p for p in self.parameters() if p.requires_grad]
         meta_grads = [torch.zeros_like(p) for p in params]
         scale = self.loss_scale()
         losses, accuracies = [], []
         for i in range(len(batch)):
-            episode = batch[i : i + 1]
-            loss, accuracy = self.query_metrics(self.score_tasks(episode), episode)
+            loss, accuracy = self._step(batch[i : i + 1])
             with full_precision(loss.device):  # a backward pass, as Lightning's, outside autocast
                 grads = torch.autograd.grad(loss * (scale / len(batch)), params, allow_unused=True)
             for total, grad in zip(meta_grads, grads, strict=True):
