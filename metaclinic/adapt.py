@@ -46,7 +46,7 @@ from metaclinic.data.preprocess import TablePreprocessor
 from metaclinic.data.table_datamodule import TableEpisodes
 from metaclinic.errors import DataError, MissingDataError
 from metaclinic.fit import UnsafeCheckpointError
-from metaclinic.models.batch_norm import uses_batch_statistics
+from metaclinic.models.normalization import uses_batch_statistics
 
 PREDICTIONS_FILE = "predictions.csv"
 MODEL_FILE = "adapted_model.pt2"

@@ -3,15 +3,17 @@
 Adaptation is the evaluation path itself: the support set and the cases to predict form one episode
 (:class:`~metaclinic.data.task.TaskBatch`, query = the cases), which the algorithm scores with its own
 ``score_tasks`` and ``class_logits`` in eval mode: the inner loop for MAML-style algorithms, prototypes
-for ProtoNet, attention for Matching Networks, and so on. Probabilities are the softmax of the class logits.
+for ProtoNet, attention for Matching Networks, and so on. Probabilities are the softmax of the class logits
+divided by the model's temperature (fitted on meta-validation, :mod:`metaclinic.calibration`).
 
 The adapted model is the algorithm's :meth:`~metaclinic.algorithms.EpisodicModule.adapted_classifier`, a
 plain ``nn.Module`` (:mod:`metaclinic.algorithms.adapted`) from preprocessed inputs ``(batch, *example)``
 to class probabilities, which ``torch.export`` saves so that it loads without metaclinic, learn2learn or
-Lightning. A backbone whose batch norm uses batch statistics (Conv4 by default) normalises the query set
-with its own statistics, so a case's probabilities depend on the other cases scored with it; the exported
-model does the same, and gives the probabilities of ``predictions.csv`` when it is called with all the
-predicted cases in one batch.
+Lightning. Every case is scored from the support set and itself alone, unless the backbone uses
+transductive batch norm (``norm="transductive"``): that one normalises the query set with its own
+statistics, so a case's probabilities depend on the other cases scored with it; the exported model does the
+same, and gives the probabilities of ``predictions.csv`` when it is called with all the predicted cases in
+one batch.
 
 Cases are read in the format the model was trained on by :mod:`metaclinic.data.cases`.
 """
@@ -23,7 +25,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from metaclinic.algorithms.adapted import one_episode
+from metaclinic.algorithms.adapted import CalibratedProbabilities, one_episode
 from metaclinic.algorithms.base import EpisodicModule
 from metaclinic.algorithms.inner_loop import InnerLoopModule
 from metaclinic.errors import DataError
@@ -57,7 +59,7 @@ def class_probabilities(
     model.check_episode(batch)
     with torch.no_grad():
         logits = model.class_logits(model.score_tasks(batch), batch)
-    return logits[0].float().softmax(-1)
+    return (logits[0].float() / model.calibration_temperature).softmax(-1)
 
 
 # -- adapted models ------------------------------------------------------------------------------------------
@@ -73,7 +75,7 @@ def adapted_classifier(
     model.eval()
     with torch.no_grad():
         adapted = model.adapted_classifier(support_x, support_y, query_x)
-    return adapted.requires_grad_(False).eval()
+    return CalibratedProbabilities(adapted, float(model.calibration_temperature)).requires_grad_(False).eval()
 
 
 def export_classifier(module: nn.Module, example: Tensor) -> torch.export.ExportedProgram:

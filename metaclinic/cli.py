@@ -111,6 +111,19 @@ class MetaClinicCLI(LightningCLI):
             default=None,
             help="resume from this checkpoint; 'last' resumes the newest run of this run_name",
         )
+        parser.add_argument(
+            "--no_learning_baselines",
+            type=bool,
+            default=True,
+            help="score the no-learning baselines (nearest centroid and logistic regression on the raw "
+            "inputs) on the same meta-test episodes and report the model beside them",
+        )
+        parser.add_argument(
+            "--calibrate",
+            type=bool,
+            default=True,
+            help="fit the model's temperature on the meta-validation episodes after training",
+        )
         parser.link_arguments("data.init_args.n_way", "model.init_args.n_way")
         parser.link_arguments(
             "data",
@@ -224,11 +237,16 @@ def meta_test(
     datamodule: EpisodicDataModule,
     ckpt_path: str | None,
     run_dir: Path,
-    report_path: Path | None = None,
+    calibration: dict | None = None,
 ) -> MetaTestReport:
-    """Evaluates ``ckpt_path`` on the fixed meta-test episodes; prints, logs and writes the report."""
+    """Evaluates ``ckpt_path`` on the fixed meta-test episodes; prints, logs and writes the report.
+
+    ``calibration``: how the checkpoint's temperature was fitted (recorded in the report).
+    """
     report = score_meta_test(trainer, model, datamodule, ckpt_path, run_dir)
-    publish_report(report, trainer, report_path or run_dir / REPORT_FILE)
+    if calibration is not None:
+        report.extra["calibration"] = calibration
+    publish_report(report, trainer, run_dir / REPORT_FILE)
     return report
 
 
@@ -248,6 +266,10 @@ def score_meta_test(
     # Equal fingerprints and seeds mean equal meta-test episodes: results can be compared pairwise.
     report.extra.update(split_fingerprint=datamodule.split_fingerprint, eval_seed=datamodule.eval_seed)
     report.extra["baseline"] = model.is_baseline
+    report.extra["transductive"] = model.transductive
+    for method, reference in zip(model.reference_methods, report.references.values(), strict=True):
+        same_episodes = {key: report.extra[key] for key in ("split_fingerprint", "eval_seed")}
+        reference.extra.update(same_episodes, baseline=True, transductive=method.transductive)
     return report
 
 
@@ -261,6 +283,15 @@ def publish_report(report: MetaTestReport, trainer: Trainer, path: Path, key: st
         if isinstance(logger, WandbLogger):
             rows = [[name, e.mean, e.ci95, e.n] for name, e in report.metrics.items()]
             logger.log_table(f"{key}/report", columns=["metric", "mean", "ci95", "episodes"], data=rows)
+
+
+def add_no_learning_baselines(cli: MetaClinicCLI) -> None:
+    """Makes the meta-test score the no-learning baselines beside the model, unless switched off."""
+    from metaclinic.baselines.no_learning import no_learning_baselines
+
+    if cli.config.get("no_learning_baselines", True):
+        model = cli.model
+        model.reference_methods = [m for m in no_learning_baselines() if type(m) is not type(model)]
 
 
 def best_checkpoint(trainer: Trainer) -> str | None:

@@ -137,17 +137,27 @@ def find_baseline_reports(runs_dir: Path, reference: dict[str, Any]) -> list[Pat
     return [newest[name][1] for name in sorted(newest)]
 
 
-def show_baselines(report_path: Path, runs_dir: Path) -> str | None:
+def show_baselines(report_path: Path, runs_dir: Path, is_baseline: bool = False) -> str | None:
     """Prints the report beside the baselines scored on its episodes and writes ``baselines.md`` next to it.
 
-    Returns the table, or ``None`` (with a hint how to get one) when no baseline run shares the episodes.
+    The baselines are the no-learning ones scored in the same run (the report's ``references``) and, for a
+    model that is not a baseline itself, the newest baseline run of each method under ``runs_dir`` on the
+    same episodes (with a hint how to make one when there is none). Returns the table, or ``None`` when
+    there is nothing to show beside it.
     """
     reference = Run.read(report_path)
-    found = find_baseline_reports(runs_dir, reference.report)
-    if not found:
-        log.warning(no_baseline_hint(runs_dir, report_path.parent / "config.yaml"))
-        return None
-    return publish_beside_baselines([reference, *map(Run.read, found)], report_path.parent)
+    beside = reference_runs(reference.report)
+    if not is_baseline:
+        found = find_baseline_reports(runs_dir, reference.report)
+        if not found:
+            log.warning(no_baseline_hint(runs_dir, report_path.parent / "config.yaml"))
+        beside += map(Run.read, found)
+    return publish_beside_baselines([reference, *beside], report_path.parent) if beside else None
+
+
+def reference_runs(report: dict[str, Any]) -> list[Run]:
+    """The no-learning baselines that ``report``'s run scored on its own episodes."""
+    return [Run(f"{name} (no learning)"[:MAX_NAME], r) for name, r in report.get("references", {}).items()]
 
 
 def no_baseline_hint(runs_dir: Path, config: Path | None = None) -> str:

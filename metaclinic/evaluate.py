@@ -20,13 +20,20 @@ from typing import Any
 
 from lightning.pytorch.loggers import WandbLogger
 
-from metaclinic.cli import MetaClinicCLI, build_cli, publish_report, score_meta_test
+from metaclinic.cli import (
+    MetaClinicCLI,
+    add_no_learning_baselines,
+    build_cli,
+    publish_report,
+    score_meta_test,
+)
 from metaclinic.compare import (
     Run,
     episode_key,
     find_baseline_reports,
     no_baseline_hint,
     publish_beside_baselines,
+    reference_runs,
 )
 from metaclinic.errors import DataError
 from metaclinic.plots import plot_reliability, plot_shot_curves
@@ -36,6 +43,7 @@ log = logging.getLogger("metaclinic")
 
 DEFAULT_SHOTS = (1, 5, 10, 20)
 CURVE_FILE = "shot_curve.json"
+NOT_SCORED = {"error": "not scored in this evaluation"}
 
 
 def shot_curve(
@@ -109,6 +117,18 @@ def baseline_curve(
     return run, curve
 
 
+def no_learning_curves(curve: dict[str, Any], runs: list[Run]) -> dict[str, dict[str, Any]]:
+    """The shot curves of the no-learning baselines, from the references of each point of ``curve``."""
+    names = {run.report["algorithm"]: run.name for run in runs}
+    return {
+        names[algorithm]: {
+            k: point if "error" in point else point.get("references", {}).get(algorithm, NOT_SCORED)
+            for k, point in curve.items()
+        }
+        for algorithm in names
+    }
+
+
 def evaluate(
     config: str,
     ckpt_path: str,
@@ -124,10 +144,12 @@ def evaluate(
     """
     cli = build_cli(["--config", config, f"--ckpt_path={ckpt_path}", *overrides], save_config=False)
     out = out or Path(cli.run_dir) / "evaluation"
+    add_no_learning_baselines(cli)
     report = score_meta_test(cli.trainer, cli.model, cli.datamodule, ckpt_path, cli.run_dir)
     curve = shot_curve(cli, ckpt_path, shots, scored=report)
     name = f"{report.algorithm} (this run)"
-    curves, beside = {name: curve}, []
+    beside = reference_runs(report.to_dict())
+    curves = {name: curve, **no_learning_curves(curve, beside)}
     if not cli.model.is_baseline:
         if baselines is None:
             found = find_baseline_reports(Path(cli.config.runs_dir), report.to_dict())
@@ -149,16 +171,16 @@ def evaluate(
         publish_beside_baselines([Run(name, report.to_dict()), *beside], out)
         baseline_curves = {run.name: curves[run.name] for run in beside}
         (out / "baselines_shot_curves.json").write_text(json.dumps(baseline_curves, indent=1) + "\n")
-    elif not cli.model.is_baseline:
+    if not cli.model.is_baseline and len(beside) == len(reference_runs(report.to_dict())):
         hint = no_baseline_hint(Path(cli.config.runs_dir), Path(config))
         log.warning(hint + "\nOr name baseline runs with --baselines.")
     title = f"{report.n_way}-way, {len(report.per_episode.get('accuracy', []))} episodes"
     plots = plot_shot_curves(curves, out, title=title)
-    plots.append(
-        plot_reliability(
-            report.reliability, out / "reliability.png", f"{report.algorithm}, {report.n_shot}-shot"
-        )
-    )
+    title = f"{report.algorithm}, {report.n_shot}-shot"
+    plots.append(plot_reliability(report.reliability, out / "reliability.png", title))
+    if report.extra.get("temperature", 1.0) != 1.0:  # the diagram before temperature scaling too
+        path = out / "reliability_uncalibrated.png"
+        plots.append(plot_reliability(report.reliability_uncalibrated, path, f"{title}, uncalibrated"))
     for logger in cli.trainer.loggers:
         if isinstance(logger, WandbLogger):
             logger.log_image("evaluation/plots", images=[str(p) for p in plots])

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from metaclinic.cli import best_checkpoint, build_cli, meta_test
+from metaclinic.calibration import calibrate
+from metaclinic.cli import add_no_learning_baselines, best_checkpoint, build_cli, meta_test
 from metaclinic.compare import show_baselines
 from metaclinic.errors import DataError
 from metaclinic.report import REPORT_FILE, MetaTestReport
@@ -24,11 +25,13 @@ class UnsafeCheckpointError(DataError):
 def run(args: list[str] | None = None) -> MetaTestReport | None:
     """Meta-trains as the config says and returns the meta-test report (``None`` if interrupted).
 
+    After training, the temperature of the best checkpoint is fitted on the meta-validation episodes and
+    written into it (:mod:`metaclinic.calibration`; ``--calibrate=false`` leaves it at 1).
     Bad input raises :class:`DataError`; ``main`` turns it into a one-line message. Checkpoints are loaded
     with ``weights_only=True`` (tensors and plain data only): loading one never runs code from it.
     """
     cli = build_cli(args)
-    checkpoint = None
+    checkpoint, calibration = None, None
     if cli.model.meta_trained:
         try:
             cli.trainer.fit(
@@ -43,11 +46,14 @@ def run(args: list[str] | None = None) -> MetaTestReport | None:
         if cli.trainer.interrupted:
             return None
         checkpoint = best_checkpoint(cli.trainer)
+        if checkpoint and cli.config.calibrate and cli.datamodule.pools["meta_val"].num_classes:
+            calibration = calibrate(cli.trainer, cli.model, cli.datamodule, checkpoint)
     else:
         log.info("%s has nothing to meta-train: evaluating it directly", type(cli.model).__name__)
-    report = meta_test(cli.trainer, cli.model, cli.datamodule, checkpoint, cli.run_dir)
-    if cli.trainer.is_global_zero and not cli.model.is_baseline:
-        show_baselines(cli.run_dir / REPORT_FILE, Path(cli.config.runs_dir))
+    add_no_learning_baselines(cli)
+    report = meta_test(cli.trainer, cli.model, cli.datamodule, checkpoint, cli.run_dir, calibration)
+    if cli.trainer.is_global_zero:
+        show_baselines(cli.run_dir / REPORT_FILE, Path(cli.config.runs_dir), cli.model.is_baseline)
     return report
 
 

@@ -69,6 +69,11 @@ class MetaTestReport:
     episode_index: list[int] = field(default_factory=list)
     per_episode: dict[str, list[float]] = field(default_factory=dict)
     reliability: dict[str, list[float]] = field(default_factory=dict)
+    reliability_uncalibrated: dict[str, list[float]] = field(
+        default_factory=dict
+    )  # before temperature scaling
+    # The no-learning baselines scored on the same episodes in the same run: {method: its report}.
+    references: dict[str, MetaTestReport] = field(default_factory=dict)
 
     @classmethod
     def of_episodes(
@@ -126,7 +131,24 @@ class MetaTestReport:
             episodes = next(iter(metrics.values())).n if metrics else 0
             lines += [f"{domain} ({episodes} episode{'s' * (episodes != 1)})", *rows(metrics, indent="  ")]
         rule = "-" * max(len(head), *(len(line) for line in lines))
-        return "\n".join([head, rule, *lines])
+        return "\n".join([head, rule, *lines, *self.evaluation_note()])
+
+    def evaluation_note(self) -> list[str]:
+        """Whether a query's prediction depended on the other queries (``extra["transductive"]``)."""
+        notes = []
+        if "transductive" in self.extra:
+            notes.append(
+                "TRANSDUCTIVE evaluation: batch norm normalised each episode's queries together, so a case's "
+                "prediction depended on the other cases scored with it."
+                if self.extra["transductive"]
+                else "Inductive evaluation: each case was scored from the support set and itself alone."
+            )
+        if self.extra.get("temperature", 1.0) != 1.0:
+            notes.append(
+                f"Probabilities temperature-scaled (T = {self.extra['temperature']:.3f}, fitted on "
+                "meta-validation episodes); ece_uncalibrated is the ECE before scaling."
+            )
+        return notes
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -143,15 +165,19 @@ class MetaTestReport:
             }
 
         breakdown = {domain: estimates(m) for domain, m in data.get("breakdown", {}).items()}
-        reliability = {
-            k: [math.nan if v != v else v for v in vs] for k, vs in data.get("reliability", {}).items()
-        }
+
+        def bins(key: str) -> dict[str, list[float]]:
+            return {k: [math.nan if v != v else v for v in vs] for k, vs in data.get(key, {}).items()}
+
+        references = {name: cls.from_dict(r) for name, r in data.get("references", {}).items()}
         return cls(
             **{
                 **data,
                 "metrics": estimates(data["metrics"]),
                 "breakdown": breakdown,
-                "reliability": reliability,
+                "reliability": bins("reliability"),
+                "reliability_uncalibrated": bins("reliability_uncalibrated"),
+                "references": references,
             }
         )
 

@@ -27,11 +27,14 @@ METHODS = {
     "ProtoNet": "metaclinic.algorithms.ProtoNet",
     "LR, support set only": "metaclinic.baselines.SupportLogisticRegression",
     "LR, 3 hospitals pooled": "metaclinic.baselines.PooledLogisticRegression",
+    "LR, pooled + recalibrated": "metaclinic.baselines.RecalibratedLogisticRegression",
+    "LR, pooled + refit": "metaclinic.baselines.RefitLogisticRegression",
     "SimpleShot": "metaclinic.baselines.SimpleShot",
     "Baseline": "metaclinic.baselines.Baseline",
     "Baseline++": "metaclinic.baselines.BaselinePlusPlus",
 }
 REPO = Path(__file__).resolve().parents[1]
+NO_LEARNING = "nearest centroid (no learning)"  # scored by every run beside its model
 
 
 def run_cell(hospital: str, shots: int, method: str, args: argparse.Namespace, overrides: list[str]) -> dict:
@@ -43,7 +46,7 @@ def run_cell(hospital: str, shots: int, method: str, args: argparse.Namespace, o
         f"--data.init_args.meta_test=[{hospital}]",
         f"--data.init_args.n_shot={shots}",
         f"--runs_dir={args.runs_dir}",
-        f"--run_name={hospital}-{shots}shot-{method.split(',')[0].replace(' ', '').replace('+', 'p')}",
+        f"--run_name={hospital}-{shots}shot-{''.join(c for c in method.replace('+', 'p') if c.isalnum())}",
         "--trainer.logger=false",
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
@@ -60,6 +63,12 @@ def run_cell(hospital: str, shots: int, method: str, args: argparse.Namespace, o
         "auroc": report.metrics["auroc"].__dict__,
         "episodes": report.episodes,
         "split_fingerprint": report.extra.get("split_fingerprint"),
+        "lam": report.extra.get("lam"),  # RefitLogisticRegression's penalty, chosen within meta-train
+        # the no-learning baselines every run scores on its own episodes
+        "references": {
+            name: {m: r.metrics[m].__dict__ for m in ("accuracy", "auroc")}
+            for name, r in report.references.items()
+        },
         "minutes": (time.perf_counter() - start) / 60,
     }
 
@@ -88,6 +97,18 @@ def tables(results: dict, hospitals: list[str], shots: list[int], methods: list[
                 lines.append(f"| {hospital} | {k} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += [f"[{n}] {error}" for error, n in notes.items()]
+    chosen = [
+        f"{hospital} K={k}: {results[f'{hospital}/{k}/{method}']['lam']:g}"
+        for method in methods
+        for hospital in hospitals
+        for k in shots
+        if results[f"{hospital}/{k}/{method}"].get("lam") is not None
+    ]
+    if chosen:  # by leave-one-hospital-out within the meta-train hospitals (see RefitLogisticRegression)
+        lines += [
+            "",
+            "Refit penalty lambda (chosen on the meta-train hospitals unless given): " + "; ".join(chosen),
+        ]
     return "\n".join(lines)
 
 
@@ -113,7 +134,15 @@ def main() -> None:
                 print(f"{hospital} K={k} {method}: {json.dumps(result)}", flush=True)
             fingerprints = {results[f"{hospital}/{k}/{m}"].get("split_fingerprint") for m in args.methods}
             assert len(fingerprints - {None}) <= 1, f"methods of {hospital} K={k} saw different episodes"
-    text = tables(results, args.hospitals, args.shots, args.methods)
+            scored = [
+                r["references"]
+                for m in args.methods
+                if "NearestCentroid" in (r := results[f"{hospital}/{k}/{m}"]).get("references", {})
+            ]
+            results[f"{hospital}/{k}/{NO_LEARNING}"] = (
+                scored[0]["NearestCentroid"] if scored else {"error": "not scored"}
+            )
+    text = tables(results, args.hospitals, args.shots, [NO_LEARNING, *args.methods])
     print("\n" + text)
     if args.out:
         args.out.write_text(text + "\n")

@@ -37,16 +37,18 @@ def heart(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("heart")
     write_synthetic_heart_disease(root / "data" / "uci_heart_disease", patients=PATIENTS)
     checkpoints = {}
-    for model in ("ProtoNet", "MAML"):
+    for name in ("ProtoNet", "MAML", "MAML-support"):  # -support: batch norm on the support set's moments
+        model, _, norm = name.partition("-")
         args = [
             "--config", str(REPO / "configs/heart_disease_loho.yaml"),
-            f"--model=metaclinic.algorithms.{model}", f"--runs_dir={root / 'runs' / model}",
+            f"--model=metaclinic.algorithms.{model}", f"--runs_dir={root / 'runs' / name}",
             "--trainer.max_steps=10", "--trainer.callbacks.init_args.every_n_train_steps=10",
             "--data.init_args.test_episodes=4",
             "--model.init_args.backbone.init_args.hidden=16",
+            *([f"--model.init_args.backbone.init_args.norm={norm}"] if norm else []),
         ]  # fmt: skip
         run_dir = fit_in_process(args, data_dir=root / "data")
-        checkpoints[model] = run_dir / "checkpoints" / "last.ckpt"
+        checkpoints[name] = run_dir / "checkpoints" / "last.ckpt"
     return {"data": root / "data", "checkpoints": checkpoints}
 
 
@@ -81,7 +83,9 @@ def evaluation_probabilities(model, data, support_rows: list, query_rows: list) 
     )
     model.eval()
     with torch.no_grad():
-        return model.class_logits(model.score_tasks(batch), batch)[0].softmax(-1)
+        return (
+            model.class_logits(model.score_tasks(batch), batch)[0] / model.calibration_temperature
+        ).softmax(-1)
 
 
 def csv_probabilities(path: Path, classes: list[str]) -> torch.Tensor:
@@ -95,7 +99,7 @@ def exported_probabilities(out: Path, x: torch.Tensor) -> torch.Tensor:
 
 
 # -- tables --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("algorithm", ["ProtoNet", "MAML"])
+@pytest.mark.parametrize("algorithm", ["ProtoNet", "MAML", "MAML-support"])
 def test_a_table_model_adapts_as_evaluation_does(
     algorithm: str, heart: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
@@ -130,8 +134,14 @@ def test_a_table_model_adapts_as_evaluation_does(
     x = data.prepare_inputs(pool.examples[torch.tensor(query_rows)])
     torch.testing.assert_close(exported_probabilities(out, x), probabilities, atol=1e-5, rtol=0)
     torch.testing.assert_close(exported_probabilities(out, x[:1]), probabilities[:1], atol=1e-5, rtol=0)
+    # One patient predicted alone gets the probabilities they got among the others.
+    (tmp_path / "alone.data").write_text(line(query_rows[2]).rsplit(",", 1)[0] + "\n")
+    main([f"--ckpt_path={checkpoint}", f"--support={tmp_path / 'support.data'}",
+          f"--predict={tmp_path / 'alone.data'}", f"--out={tmp_path / 'alone'}"])  # fmt: skip
+    alone = csv_probabilities(tmp_path / "alone" / "predictions.csv", ["0", "1"])
+    torch.testing.assert_close(alone, probabilities[2:3], atol=1e-5, rtol=0)
     info = json.loads((out / "adapted_model.json").read_text())
-    assert info["algorithm"] == algorithm and info["classes"] == ["0", "1"]
+    assert info["algorithm"] == algorithm.partition("-")[0] and info["classes"] == ["0", "1"]
     assert info["support"]["counts"] == {"0": K, "1": K} and not info["batch_dependent"]
     assert info["input"]["shape"] == [len(data.feature_names)]
     assert info["input"]["feature_names"] == data.feature_names
@@ -173,7 +183,13 @@ def test_an_image_model_adapts_to_class_folders(image_checkpoint: Path, tmp_path
     torch.testing.assert_close(exported_probabilities(out, x), probabilities, atol=1e-5, rtol=0)
     info = json.loads((out / "adapted_model.json").read_text())
     assert info["classes"] == classes and info["input"]["shape"] == [3, 28, 28]
-    assert info["batch_dependent"]  # Conv4's batch norm: the whole predict set is one query batch
+    assert not info["batch_dependent"]  # Conv4 normalises with the support set's moments
+    # One case predicted alone gets the probabilities it got among the others (issue: batch norm).
+    write_png(tmp_path / "alone" / "case03.png", pool.examples[query_rows[3]])
+    main([f"--ckpt_path={image_checkpoint}", f"--support={tmp_path / 'support'}",
+          f"--predict={tmp_path / 'alone'}", f"--out={tmp_path / 'adapted_alone'}"])  # fmt: skip
+    alone = csv_probabilities(tmp_path / "adapted_alone" / "predictions.csv", classes)
+    torch.testing.assert_close(alone, probabilities[3:4], atol=1e-5, rtol=0)
 
 
 # -- every algorithm -----------------------------------------------------------------------------------------

@@ -3,23 +3,37 @@
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import seed_everything
-from torch import nn
+from torch import Tensor, nn
 
-from metaclinic.baselines import Baseline, BaselinePlusPlus, SimpleShot
-from metaclinic.data import MedMNISTEpisodes
+from metaclinic.baselines import (
+    Baseline,
+    BaselinePlusPlus,
+    PooledLogisticRegression,
+    RecalibratedLogisticRegression,
+    RefitLogisticRegression,
+    SimpleShot,
+)
+from metaclinic.baselines.logistic import LAM_GRID
+from metaclinic.data import MedMNISTEpisodes, TableEpisodes
 from metaclinic.data.task import TaskBatch
 from metaclinic.errors import DataError
+from metaclinic.metrics import episode_auroc
 from metaclinic.models import Conv4
 
 from .conftest import SPLIT
 from .test_algorithms import Linear
 from .test_maml import quiet_trainer
+from .test_table import clinic_table, fit_and_test, site_episodes, write_csv
 
 ADAM = functools.partial(torch.optim.Adam, lr=3e-3)
 BASELINES = {"SimpleShot": SimpleShot, "Baseline": Baseline, "BaselinePlusPlus": BaselinePlusPlus}
@@ -124,3 +138,151 @@ def test_baseline_fits_each_support_set_with_a_fresh_seeded_head():
 def test_a_head_of_the_wrong_width_is_refused(medmnist_root: Path):
     with pytest.raises(DataError, match="4-class pretraining head but meta_train has 9 classes"):
         quiet_trainer().test(SimpleShot(Conv4(hidden=8), num_classes=4), datamodule=episodes(medmnist_root))
+
+
+# -- the logistic regressions updated toward the pooled model ------------------------------------------------
+def attached(model: PooledLogisticRegression, data: TableEpisodes) -> PooledLogisticRegression:
+    """``model`` fitted in ``setup`` as a Trainer would, to score meta-test episodes without a Trainer."""
+    data.setup()
+    model.trainer = SimpleNamespace(datamodule=data, testing=True)
+    model.setup("test")
+    return model
+
+
+def meta_test_batch(data: TableEpisodes) -> TaskBatch:
+    data.setup()
+    return next(iter(data.test_dataloader()))
+
+
+def on_support(batch: TaskBatch) -> TaskBatch:
+    """The batch with each episode's support set as its query set (to look at the fit itself)."""
+    s = (batch.support_x, batch.support_y)
+    return TaskBatch(*s, *s, batch.classes, batch.episode_index)
+
+
+def disease_probability(data: TableEpisodes, model: PooledLogisticRegression, batch: TaskBatch) -> Tensor:
+    """Every query's probability of the ``disease`` outcome, ``(tasks, queries)``."""
+    pool = data.pools["meta_test"]
+    local = torch.tensor(
+        [[pool.classes[c].target for c in e].index("disease") for e in batch.classes.tolist()]
+    )
+    return (
+        model.score_tasks(batch)
+        .softmax(-1)
+        .gather(2, local[:, None, None].expand(-1, batch.query_x.shape[1], 1))[..., 0]
+    )
+
+
+def graded_table(patients_per_site: int = 45) -> pd.DataFrame:
+    """A three-outcome version of the clinic table: the grade follows ``marker``, with noise."""
+    frame = clinic_table(patients_per_site)
+    rng = np.random.default_rng(1)
+    grade = np.arange(len(frame)) % 3
+    frame["marker"] = (rng.normal(0, 1, len(frame)) + 2.0 * grade).round(3)
+    return frame.assign(diagnosis=np.array(["mild", "moderate", "severe"])[grade])
+
+
+@pytest.mark.parametrize("outcomes", [2, 3])
+def test_refit_with_a_huge_penalty_is_the_pooled_model(tmp_path: Path, outcomes: int):
+    frame = clinic_table() if outcomes == 2 else graded_table()
+    data = site_episodes(write_csv(frame, tmp_path / "t.csv"), n_way=outcomes, n_shot=3, n_query=4)
+    batch = meta_test_batch(data)
+    pooled = attached(PooledLogisticRegression(), data).score_tasks(batch).softmax(-1)
+    refit = attached(RefitLogisticRegression(lam=1e8), data).score_tasks(batch).softmax(-1)
+    assert refit.shape == (20, 4 * outcomes, outcomes)
+    torch.testing.assert_close(refit, pooled, atol=1e-4, rtol=0)
+    recalibrated = attached(RecalibratedLogisticRegression(), data).score_tasks(batch).softmax(-1)
+    assert torch.isfinite(recalibrated).all() and (recalibrated - pooled).abs().max() > 1e-3
+
+
+def test_refit_with_a_tiny_penalty_fits_a_separable_support_set_against_the_pooled_model(tmp_path: Path):
+    data = site_episodes(write_csv(clinic_table(), tmp_path / "t.csv"), n_shot=3, n_query=4)
+    batch = on_support(meta_test_batch(data))
+    pool, marker = data.pools["meta_test"], data.feature_names.index("marker")
+    diseased = torch.tensor(
+        [[pool.classes[c].target == "disease" for c in e] for e in batch.classes.tolist()]
+    )
+    diseased = diseased.gather(1, batch.support_y)  # (tasks, support): is this support patient diseased?
+    batch.support_x[..., marker] = torch.where(diseased, -4.0, 4.0)  # the marker's effect reversed
+    pooled = disease_probability(data, attached(PooledLogisticRegression(), data), batch)
+    refit = disease_probability(data, attached(RefitLogisticRegression(lam=1e-4), data), batch)
+    truth = diseased.float()
+    assert (pooled - truth).abs().mean() > 0.9  # the pooled model gets every one of them wrong
+    assert (refit - truth).abs().max() < 0.05  # the refit separates them
+    assert (refit - pooled).abs().mean() > 0.85
+
+
+def prevalence_table(prevalence: dict[str, float], patients_per_site: int = 80) -> pd.DataFrame:
+    """The clinic table with each site's share of diseased patients set by ``prevalence``."""
+    frame = clinic_table(patients_per_site)
+    rng = np.random.default_rng(2)
+    for site, share in prevalence.items():
+        rows = np.flatnonzero(frame.site == site)
+        diseased = rng.permutation(len(rows)) < round(share * len(rows))
+        frame.loc[rows, "diagnosis"] = np.where(diseased, "disease", "healthy")
+        frame.loc[rows, "marker"] = (rng.normal(0, 1, len(rows)) + 2.0 * diseased).round(3)
+    return frame
+
+
+def test_recalibration_moves_the_mean_risk_to_the_support_prevalence_and_keeps_the_ranking(tmp_path: Path):
+    frame = prevalence_table({"north": 0.85, "south": 0.85, "east": 0.85, "west": 0.4})
+    data = site_episodes(write_csv(frame, tmp_path / "t.csv"), n_shot=5, n_query=6)
+    batch = meta_test_batch(data)  # balanced episodes: support and query prevalence 0.5
+    pooled, recalibrated = (
+        attached(cls(), data) for cls in (PooledLogisticRegression, RecalibratedLogisticRegression)
+    )
+    on_pooled, on_recalibrated = (
+        disease_probability(data, m, on_support(batch)) for m in (pooled, recalibrated)
+    )
+    assert on_pooled.mean() > 0.6  # the pooled model expects the meta-train sites' 85%
+    torch.testing.assert_close(on_recalibrated.mean(1), torch.full((20,), 0.5), atol=1e-4, rtol=0)  # ML
+    query_pooled, query_recalibrated = (
+        disease_probability(data, m, batch).mean() for m in (pooled, recalibrated)
+    )
+    assert abs(query_recalibrated - 0.5) < abs(query_pooled - 0.5) - 0.1, (query_pooled, query_recalibrated)
+    auroc = [episode_auroc(m.score_tasks(batch), batch.query_y) for m in (pooled, recalibrated)]
+    torch.testing.assert_close(auroc[1], auroc[0], atol=1e-6, rtol=0)  # a shift of the log-odds: same order
+
+
+def test_auto_lambda_is_chosen_on_meta_train_sites_only(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    frame = clinic_table(noise_columns=2)
+    columns = ["age", "marker", "smoker", "noise0", "noise1"]
+    other = frame.copy()
+    elsewhere = other.site.isin(["east", "west"]).to_numpy()  # meta-val and meta-test
+    rng = np.random.default_rng(3)
+    for column in ("age", "marker", "noise0", "noise1"):
+        other.loc[elsewhere, column] = rng.normal(0, 3, elsewhere.sum()).round(3)
+    other.loc[elsewhere, "smoker"] = rng.choice(["yes", "no"], elsewhere.sum())
+    chosen = []
+    for name, table in (("t", frame), ("other", other)):
+        data = site_episodes(write_csv(table, tmp_path / f"{name}.csv"), n_shot=3, n_query=4)
+        data.spec.feature_columns = columns
+        with caplog.at_level(logging.INFO, logger="metaclinic"):
+            chosen.append(attached(RefitLogisticRegression(inner_episodes=15), data).chosen_lam)
+    assert chosen[0] == chosen[1] and chosen[0] in LAM_GRID, chosen
+    assert (
+        f"lam = {chosen[0]:g}, chosen by leave-one-site-out over meta-train sites ['north', 'south']"
+        in caplog.text
+    )
+
+
+def test_auto_lambda_without_two_meta_train_sites(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    path = write_csv(clinic_table(), tmp_path / "t.csv")
+    with caplog.at_level(logging.INFO, logger="metaclinic"):
+        model = attached(RefitLogisticRegression(inner_episodes=5), site_episodes(path, meta_train=["north"]))
+    assert model.chosen_lam in LAM_GRID and "lam is chosen on meta_val" in caplog.text
+    assert "chosen by meta_val episodes" in caplog.text
+    with pytest.raises(DataError, match=r"meta_val is empty: give model\.init_args\.lam a number"):
+        attached(RefitLogisticRegression(), site_episodes(path, meta_train=["north"], meta_val=[]))
+
+
+@pytest.mark.parametrize("cls", [RecalibratedLogisticRegression, RefitLogisticRegression])
+def test_updated_logistic_regressions_through_the_fit_path(tmp_path: Path, cls: type):
+    model = cls(inner_episodes=20) if cls is RefitLogisticRegression else cls()
+    data = site_episodes(write_csv(clinic_table(), tmp_path / "t.csv"), n_shot=5, n_query=6)
+    fit_and_test(model, data, steps=0)
+    auroc = model.test_report.metrics["auroc"]
+    print(f"{cls.__name__}: AUROC {auroc}")
+    assert auroc.mean - auroc.ci95 > 0.5 and auroc.mean > 0.9, auroc  # measured 0.98
+    if cls is RefitLogisticRegression:
+        assert model.test_report.extra["lam"] == model.chosen_lam in LAM_GRID

@@ -83,11 +83,20 @@ def test_evaluate_writes_report_shot_curve_and_plots_beside_a_baseline(medmnist_
     # The baseline beside it: found under the same runs_dir, scored at every K on the same episodes.
     (baseline_run,) = (tmp_path / "simpleshot").iterdir()
     baseline = json.loads((baseline_run / "meta_test_report.json").read_text())
-    (name,) = json.loads((out / "baselines_shot_curves.json").read_text())
-    baseline_curve = json.loads((out / "baselines_shot_curves.json").read_text())[name]
+    curves = json.loads((out / "baselines_shot_curves.json").read_text())
+    no_learning = ["NearestCentroid (no learning)", "SupportLogisticRegression (no learning)"]
+    (name,) = set(curves) - set(no_learning)
+    baseline_curve = curves[name]
     assert baseline_curve["2"]["metrics"]["accuracy"] == baseline["metrics"]["accuracy"]
     assert baseline_curve["1"]["episode_index"] == curve["1"]["episode_index"]
-    assert baseline_curve["1"]["extra"] == {**curve["1"]["extra"], "baseline": True}
+    for key in ("split_fingerprint", "eval_seed"):
+        assert baseline_curve["1"]["extra"][key] == curve["1"]["extra"][key]
+    assert baseline_curve["1"]["extra"]["baseline"] and not curve["1"]["extra"]["baseline"]
+    # The no-learning baselines were scored in this evaluation, at every K, on the same episodes.
+    for reference in no_learning:
+        assert curves[reference]["1"]["episode_index"] == curve["1"]["episode_index"]
+        assert curves[reference]["1"]["extra"]["baseline"]
+        assert "error" in curves[reference]["9"]
     table = (out / "baselines.md").read_text()
     assert name in table and "Δ" in table and "(this run)" in table
     # A second evaluation reuses the baseline's scored curve instead of scoring it again.

@@ -1,13 +1,16 @@
 """Adapted models: a meta-trained model after adapting to one support set, as a plain ``nn.Module``.
 
-Each maps preprocessed inputs ``(batch, *example)`` to class probabilities ``(batch, n_classes)`` and holds
+Each maps preprocessed inputs ``(batch, *example)`` to class logits ``(batch, n_classes)`` (made probabilities
+with the model's temperature by :class:`CalibratedProbabilities`) and holds
 only tensors and standard layers, so ``torch.export`` saves it to load without metaclinic, learn2learn or
 Lightning. Every algorithm returns its own from :meth:`EpisodicModule.adapted_classifier`.
 
-With batch norm on batch statistics (Conv4's default), evaluation normalises each episode's inputs
-together, so the adapted models embed their inputs together with the support set (or, for a whole network,
-the inputs alone as a query set): called with all the cases of an episode at once, they give exactly the
-probabilities evaluation gives.
+Networks that normalise with the support set's moments (Conv4's default, see
+:mod:`metaclinic.models.normalization`) hold those moments as buffers (``freeze_support_statistics``), so
+every case is scored on its own, as in evaluation. With transductive batch norm (batch statistics),
+evaluation normalises each episode's inputs together, so the adapted models embed their inputs together
+with the support set (or, for a whole network, the inputs alone as a query set): called with all the cases
+of an episode at once, they give exactly the probabilities evaluation gives.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from torch import Tensor, nn
 
 from metaclinic.algorithms.pooling import class_means
 from metaclinic.data.task import TaskBatch
-from metaclinic.models.batch_norm import uses_batch_statistics
+from metaclinic.models.normalization import freeze_support_statistics, uses_batch_statistics
 
 
 def one_episode(support_x: Tensor, support_y: Tensor, query_x: Tensor, n_way: int) -> TaskBatch:
@@ -42,15 +45,26 @@ def with_weights(template: nn.Module, adapted: nn.Module) -> nn.Module:
     return network.requires_grad_(False)
 
 
-class AdaptedNetwork(nn.Module):
-    """A whole network with adapted weights (MAML, FOMAML, Meta-SGD, Reptile)."""
+class CalibratedProbabilities(nn.Module):
+    """An adapted model's logits divided by the temperature (``metaclinic.calibration``), softmaxed."""
 
-    def __init__(self, network: nn.Module) -> None:
+    def __init__(self, adapted: nn.Module, temperature: float) -> None:
         super().__init__()
-        self.network = network
+        self.adapted, self.temperature = adapted, temperature
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.network(x).softmax(-1)
+        return (self.adapted(x) / self.temperature).softmax(-1)
+
+
+class AdaptedNetwork(nn.Module):
+    """A whole network with adapted weights (MAML, FOMAML, Meta-SGD, Reptile) and its support's moments."""
+
+    def __init__(self, network: nn.Module, support_x: Tensor) -> None:
+        super().__init__()
+        self.network = freeze_support_statistics(network, support_x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.network(x)
 
 
 class AdaptedHead(nn.Module):
@@ -58,7 +72,7 @@ class AdaptedHead(nn.Module):
 
     def __init__(self, backbone: nn.Module, head: nn.Module, support_x: Tensor) -> None:
         super().__init__()
-        self.backbone, self.head = backbone, head
+        self.backbone, self.head = freeze_support_statistics(backbone, support_x), head
         self.register_buffer("support_x", support_x.clone())
         self.joint = uses_batch_statistics(backbone)
 
@@ -67,7 +81,7 @@ class AdaptedHead(nn.Module):
             embeddings = self.backbone(torch.cat([self.support_x, x]))[self.support_x.shape[0] :]
         else:
             embeddings = self.backbone(x)
-        return self.head(embeddings).softmax(-1)
+        return self.head(embeddings)
 
 
 class PrototypeClassifier(nn.Module):
@@ -82,7 +96,7 @@ class PrototypeClassifier(nn.Module):
         self, backbone: nn.Module, support_x: Tensor, support_y: Tensor, distance: str, temperature: float
     ) -> None:
         super().__init__()
-        self.backbone = copy.deepcopy(backbone)
+        self.backbone = freeze_support_statistics(copy.deepcopy(backbone), support_x)
         self.distance, self.temperature = distance, temperature
         self.n_way = int(support_y.max()) + 1
         self.joint = uses_batch_statistics(self.backbone)
@@ -106,7 +120,7 @@ class PrototypeClassifier(nn.Module):
             logits = self.temperature * F.normalize(query, dim=-1) @ F.normalize(prototypes, dim=-1).T
         else:
             logits = -(query.unsqueeze(1) - prototypes.unsqueeze(0)).pow(2).sum(-1)
-        return logits.softmax(-1)
+        return logits
 
 
 class SupportSetClassifier(nn.Module):
@@ -125,4 +139,4 @@ class SupportSetClassifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         batch = one_episode(self.support_x, self.support_y, x, self.n_way)
-        return self.algorithm.class_logits(self.algorithm.score_tasks(batch), batch)[0].softmax(-1)
+        return self.algorithm.class_logits(self.algorithm.score_tasks(batch), batch)[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -20,10 +21,11 @@ from metaclinic.metrics import (
     BINARY_METRICS,
     METRICS,
     episode_accuracy,
+    episode_calibration_error,
     episode_metrics,
     reliability_bins,
 )
-from metaclinic.models.batch_norm import uses_batch_statistics
+from metaclinic.models.normalization import normalises_per_episode, support_rows, uses_batch_statistics
 from metaclinic.report import MIXED_DOMAIN, MetaTestReport
 
 
@@ -54,6 +56,9 @@ class EpisodicModule(LightningModule):
     backward_per_task = False  # True where every task builds its own graph: see training_loss
     meta_trained = True  # False for baselines that have nothing to meta-train (fit goes straight to test)
     is_baseline = False  # True for the reference methods that reports show beside every meta-learner
+    # Methods scored on the same meta-test episodes in the same run (the no-learning baselines), set by the
+    # commands; a plain list, so they are not part of this module's weights.
+    reference_methods: Sequence[EpisodicModule] = ()
 
     def __init__(
         self, optimizer: OptimizerCallable = torch.optim.Adam, scheduler: LRSchedulerCallable | None = None
@@ -70,12 +75,18 @@ class EpisodicModule(LightningModule):
         self.test_episode_values = nn.ModuleDict(
             {
                 name: CatMetric(nan_strategy="disable")
-                for name in (*METRICS, *BINARY_METRICS, "episode_index", "domain")
+                for name in (*METRICS, "ece_uncalibrated", *BINARY_METRICS, "episode_index", "domain")
             }
         )
         # Every query's top-class probability and correctness, pooled for the reliability diagram.
         self.test_query_confidence, self.test_query_correct = CatMetric(), CatMetric()
+        self.test_uncalibrated_confidence = CatMetric()
         self.test_report: MetaTestReport | None = None
+        # Probabilities are softmax(logits / temperature); the temperature is fitted on meta-validation
+        # episodes after training (metaclinic.calibration) and saved with the weights.
+        self.register_buffer("calibration_temperature", torch.ones(()))
+        self.calibration_queries = False  # validation keeps its query logits while True (for calibration)
+        self.calibration_logits, self.calibration_labels = CatMetric(), CatMetric()
 
     # -- what an algorithm provides --------------------------------------------------------------------------
     def adapt_and_score(self, task: Task) -> Tensor:
@@ -104,12 +115,13 @@ class EpisodicModule(LightningModule):
     def embed_episodes(self, backbone: nn.Module, batch: TaskBatch) -> tuple[Tensor, Tensor]:
         """Support and query embeddings ``(tasks, n_support, d)``, ``(tasks, n_query_total, d)``.
 
-        One backbone call for the whole meta-batch; except that a backbone whose batch norm uses batch
-        statistics embeds each episode on its own, in training as in evaluation, so that an episode is
-        normalised with its own statistics whatever else is in its meta-batch or its process (the same
-        meta-batch split over several GPUs gives the same result as on one).
+        One backbone call for the whole meta-batch; except that a backbone whose normalisation takes the
+        moments of an episode (its support set's, or in transductive batch norm its whole batch's) embeds each
+        episode on its own, in training as in evaluation, so that an episode is normalised with its own
+        statistics whatever else is in its meta-batch or its process (the same meta-batch split over several
+        GPUs gives the same result as on one).
         """
-        if uses_batch_statistics(backbone):
+        if normalises_per_episode(backbone):
             pairs = [
                 self.embed_episodes_jointly(backbone, batch.support_x[i : i + 1], batch.query_x[i : i + 1])
                 for i in range(len(batch))
@@ -122,9 +134,19 @@ class EpisodicModule(LightningModule):
         backbone: nn.Module, support_x: Tensor, query_x: Tensor
     ) -> tuple[Tensor, Tensor]:
         (tasks, n_support), n_query = support_x.shape[:2], query_x.shape[1]
-        embeddings = backbone(torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)]))
+        with support_rows(backbone, tasks * n_support):  # episode norms: the support rows' moments
+            embeddings = backbone(torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)]))
         support, query = embeddings.split([tasks * n_support, tasks * n_query])
         return support.view(tasks, n_support, -1), query.view(tasks, n_query, -1)
+
+    @property
+    def transductive(self) -> bool:
+        """Whether a query's scores depend on the other queries of its episode (batch-statistics batch norm).
+
+        The meta-test report says so: such an evaluation shares statistics across queries, which a clinic
+        scoring one patient at a time never has.
+        """
+        return uses_batch_statistics(self)
 
     def check_episode(self, batch: TaskBatch) -> None:
         """Raises if the algorithm cannot handle these episodes (e.g. a fixed head of another width)."""
@@ -201,17 +223,45 @@ class EpisodicModule(LightningModule):
         self.log("train/acc", accuracy.mean(), prog_bar=True, batch_size=len(accuracy))
 
     def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
-        loss, accuracy = self._step(batch)
+        self.check_episode(batch)
+        scores = self.score_tasks(batch)
+        loss, accuracy = self.query_metrics(scores, batch)
+        if self.calibration_queries:
+            self.calibration_logits.update(self.class_logits(scores, batch).detach().float().flatten(0, 1))
+            self.calibration_labels.update(batch.query_y.flatten())
         self.val_loss.update(loss, weight=len(batch))
         self.val_acc.update(accuracy)
         self.log("val/loss", self.val_loss, prog_bar=False)
         self.log("val/acc", self.val_acc, prog_bar=True)
 
+    def collected_validation_queries(self) -> tuple[Tensor, Tensor]:
+        """The query logits ``(queries, n_way)`` and labels kept by validation, gathered across processes."""
+        logits, labels = self.calibration_logits.compute(), self.calibration_labels.compute()
+        self.calibration_logits.reset()
+        self.calibration_labels.reset()
+        return logits, labels
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        # Checkpoints written before calibration existed have no temperature: they are uncalibrated (1).
+        state_dict.setdefault(prefix + "calibration_temperature", torch.ones(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def test_step(self, batch: TaskBatch, batch_idx: int) -> None:
-        self.check_episode(batch)
-        logits = self.class_logits(self.score_tasks(batch), batch)
         pool = self._meta_test_pool()
+        for method in (self, *self.reference_methods):
+            method.check_episode(batch)
+            method.record_test_episodes(method.class_logits(method.score_tasks(batch), batch), batch, pool)
+
+    def record_test_episodes(self, logits: Tensor, batch: TaskBatch, pool: ClassPool | None) -> None:
+        """Keeps every episode's metrics and every query's confidence for the meta-test report.
+
+        Metrics are those of the calibrated probabilities (``logits / temperature``); ``ece_uncalibrated``
+        and the uncalibrated confidences keep what temperature scaling changed.
+        """
+        uncalibrated = logits.detach().float()
+        logits = uncalibrated / self.calibration_temperature
         values = episode_metrics(logits, batch.query_y, self.positive_classes(pool, batch.classes))
+        values["ece_uncalibrated"] = episode_calibration_error(uncalibrated, batch.query_y)
         not_binary = torch.full((len(batch),), math.nan, device=logits.device)
         values.update({name: values.get(name, not_binary) for name in BINARY_METRICS})
         values.update(episode_index=batch.episode_index, domain=self.domain_codes(pool, batch.classes))
@@ -220,28 +270,45 @@ class EpisodicModule(LightningModule):
         confidence, predicted = logits.detach().float().softmax(-1).max(-1)
         self.test_query_confidence.update(confidence.flatten())
         self.test_query_correct.update((predicted == batch.query_y).float().flatten())
+        self.test_uncalibrated_confidence.update(uncalibrated.softmax(-1).max(-1).values.flatten())
+
+    def on_test_start(self) -> None:
+        for method in self.reference_methods:
+            method.to(self.device).eval()
 
     def on_test_epoch_end(self) -> None:
+        pool, data = self._meta_test_pool(), self.trainer.datamodule
+        self.test_report = self.summarise_test_episodes(pool, data)
+        self.test_report.references = {
+            type(m).__name__: m.summarise_test_episodes(pool, data) for m in self.reference_methods
+        }
+        logged = {"test/transductive": float(self.transductive)}
+        for name, estimate in self.test_report.metrics.items():
+            key = "acc" if name == "accuracy" else name  # the name train/acc and val/acc use
+            logged.update({f"test/{key}": estimate.mean, f"test/{key}_ci95": estimate.ci95})
+        self.log_dict(logged)
+
+    def summarise_test_episodes(self, pool: ClassPool | None, data: Any) -> MetaTestReport:
+        """The meta-test report of the episodes recorded since the last one (gathered across processes)."""
         values = {name: metric.compute() for name, metric in self.test_episode_values.items()}
-        reliability = reliability_bins(
-            self.test_query_confidence.compute(), self.test_query_correct.compute()
-        )
+        correct = self.test_query_correct.compute()
+        reliability = reliability_bins(self.test_query_confidence.compute(), correct)
+        uncalibrated = reliability_bins(self.test_uncalibrated_confidence.compute(), correct)
         for metric in [
             *self.test_episode_values.values(),
             self.test_query_confidence,
             self.test_query_correct,
+            self.test_uncalibrated_confidence,
         ]:
             metric.reset()
         episode_index, codes = values.pop("episode_index").long(), values.pop("domain").long()
         # Sensitivity and specificity only when every episode is binary.
         values = {name: v for name, v in values.items() if name in METRICS or not v.isnan().any()}
-        pool = self._meta_test_pool()
         domains = None
         if pool is not None and len(pool.domains()) > 1:
             names = list(pool.domains())
             domains = [names[c] if c >= 0 else MIXED_DOMAIN for c in codes.tolist()]
-        data = self.trainer.datamodule
-        self.test_report = MetaTestReport.of_episodes(
+        report = MetaTestReport.of_episodes(
             type(self).__name__,
             n_way=getattr(data, "n_way", -1),
             n_shot=getattr(data, "n_shot", -1),
@@ -250,12 +317,9 @@ class EpisodicModule(LightningModule):
             episode_index=episode_index,
             domains=domains,
         )
-        self.test_report.reliability = reliability
-        logged = {}
-        for name, estimate in self.test_report.metrics.items():
-            key = "acc" if name == "accuracy" else name  # the name train/acc and val/acc use
-            logged.update({f"test/{key}": estimate.mean, f"test/{key}_ci95": estimate.ci95})
-        self.log_dict(logged)
+        report.reliability, report.reliability_uncalibrated = reliability, uncalibrated
+        report.extra["temperature"] = float(self.calibration_temperature)
+        return report
 
     def _meta_test_pool(self) -> ClassPool | None:
         pools = getattr(self.trainer.datamodule, "pools", None)

@@ -14,6 +14,7 @@ from metaclinic.algorithms._learn2learn import learn2learn as l2l
 from metaclinic.algorithms.adapted import AdaptedNetwork, with_weights
 from metaclinic.algorithms.inner_loop import InnerLoopModule
 from metaclinic.data.task import Task
+from metaclinic.models.normalization import forward_queries
 
 
 class MAML(InnerLoopModule):
@@ -39,8 +40,9 @@ class MAML(InnerLoopModule):
         return self.learner.module[0]
 
     def adapt_and_score(self, task: Task) -> Tensor:
-        return self.inner_loop(self.learner, task.support_x, task.support_y)(task.query_x)
+        learner = self.inner_loop(self.learner, task.support_x, task.support_y)
+        return forward_queries(learner, task.support_x, task.query_x)
 
     def adapted_classifier(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> nn.Module:
         learner = self.inner_loop(self.learner, support_x, support_y)
-        return AdaptedNetwork(with_weights(self.learner.module, learner.module))
+        return AdaptedNetwork(with_weights(self.learner.module, learner.module), support_x)

@@ -7,7 +7,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from metaclinic.algorithms.base import EpisodicModule
-from metaclinic.models.batch_norm import uses_batch_statistics
+from metaclinic.models.normalization import normalises_per_episode
 
 
 class MetricModule(EpisodicModule):
@@ -32,9 +32,10 @@ class MetricModule(EpisodicModule):
 
     @property
     def backward_per_task(self) -> bool:
-        """Task by task when each episode is embedded on its own anyway (batch norm on batch statistics):
-        each task's graph is then separate and its loss a mean over its queries (see ``training_loss``)."""
-        return uses_batch_statistics(self.backbone)
+        """Task by task when each episode is embedded on its own anyway (its normalisation takes the
+        episode's moments): each task's graph is then separate and its loss a mean over its queries (see
+        ``training_loss``)."""
+        return normalises_per_episode(self.backbone)
 
     @property
     def embedding_size(self) -> int:

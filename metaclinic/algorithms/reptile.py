@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from metaclinic.algorithms.maml import MAML
 from metaclinic.data.task import TaskBatch
 from metaclinic.errors import DataError
+from metaclinic.models.normalization import forward_queries
 
 
 class Reptile(MAML):
@@ -45,7 +46,7 @@ class Reptile(MAML):
             for total, old, new in zip(step, params, adapted.parameters(), strict=True):
                 total.add_(old.detach() - new.detach(), alpha=1 / len(batch))
             with torch.no_grad():
-                logits.append(adapted(task.query_x))
+                logits.append(forward_queries(adapted, task.support_x, task.query_x))
         # Each process averaged over its own tasks; averaging over processes gives the global mean (no
         # backward pass runs, so DDP's gradient hooks never fire: the reduction is explicit).
         flat = self.trainer.strategy.reduce(torch.cat([s.flatten() for s in step]), reduce_op="mean")

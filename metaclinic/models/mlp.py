@@ -7,23 +7,25 @@ from typing import Literal
 import torch
 from torch import nn
 
-Normalization = Literal["none", "batch", "layer"]
+from metaclinic.models.normalization import make_norm
+
+Normalization = Literal["none", "layer", "support", "transductive", "running"]
 
 
 class MLP(nn.Module):
     """``depth`` blocks of linear, normalisation, ReLU and dropout, mapping a feature vector to an embedding.
 
     Layer norm is the default: it normalises each patient on its own, so a 1-shot support set of two
-    patients is as well defined as a large batch. ``batch`` norm uses the current batch's statistics (as
-    :class:`~metaclinic.models.Conv4` does) unless ``track_running_stats``.
+    patients is as well defined as a large batch. The batch norms are those of
+    :mod:`metaclinic.models.normalization`: ``support`` (moments of the episode's support set),
+    ``transductive`` (the current batch's) and ``running`` (running averages in eval mode).
 
     Args:
         input_shape: ``(features,)``; the command line fills it in from the data's preprocessing.
         hidden: width of every hidden layer, and of the embedding (``out_features``).
         depth: number of hidden blocks (at least 1).
         dropout: dropout probability after every block (0 disables it; it also perturbs inner loops).
-        norm: ``"layer"``, ``"batch"`` or ``"none"``.
-        track_running_stats: for ``norm="batch"``, keep running averages and use them in eval mode.
+        norm: ``"layer"``, ``"support"``, ``"transductive"``, ``"running"`` or ``"none"``.
     """
 
     def __init__(
@@ -33,7 +35,6 @@ class MLP(nn.Module):
         depth: int = 2,
         dropout: float = 0.0,
         norm: Normalization = "layer",
-        track_running_stats: bool = False,
     ) -> None:
         super().__init__()
         if len(input_shape) != 1:
@@ -46,12 +47,14 @@ class MLP(nn.Module):
         width = input_shape[0]
         for _ in range(depth):
             layers.append(nn.Linear(width, hidden))
-            if norm == "batch":
-                layers.append(nn.BatchNorm1d(hidden, track_running_stats=track_running_stats))
-            elif norm == "layer":
+            if norm == "layer":
                 layers.append(nn.LayerNorm(hidden))
+            elif norm in ("support", "transductive", "running"):
+                layers.append(make_norm(norm, hidden, dims=1))
             elif norm != "none":
-                raise ValueError(f"MLP norm must be 'layer', 'batch' or 'none', got {norm!r}")
+                raise ValueError(
+                    f"MLP norm must be 'layer', 'support', 'transductive', 'running' or 'none', got {norm!r}"
+                )
             layers.append(nn.ReLU(inplace=True))
             if dropout:
                 layers.append(nn.Dropout(dropout))
