@@ -143,7 +143,11 @@ def test_binary_report_is_broken_down_by_hospital_with_sensitivity_of_the_diagno
     data = TwoHospitals(same_domain_episodes=True)
     report = run_meta_test(data)
     episodes = meta_test_episodes(data)
-    assert set(report.metrics) == {*METRICS, *BINARY_METRICS} and report.episode_index == list(range(16))
+    assert set(report.metrics) == {
+        *METRICS,
+        "ece_uncalibrated",
+        *BINARY_METRICS,
+    } and report.episode_index == list(range(16))
     assert list(report.breakdown) == ["east", "west"]
     # The positive class is the one labelled "1", whichever local id the episode gave it.
     assert {tuple(c.label for c in classes) for classes in episodes.values()} == {("0", "1"), ("1", "0")}
@@ -173,4 +177,4 @@ def test_episodes_that_span_hospitals_count_as_mixed(n_way: int):
     assert report.breakdown["mixed"]["accuracy"].n == sum(spans) > 0
     assert sum(metrics["accuracy"].n for metrics in report.breakdown.values()) == 16
     # Sensitivity and specificity only for binary episodes.
-    assert set(report.metrics) == ({*METRICS, *BINARY_METRICS} if n_way == 2 else set(METRICS))
+    assert set(report.metrics) == {*METRICS, "ece_uncalibrated", *(BINARY_METRICS if n_way == 2 else ())}

@@ -125,14 +125,24 @@ class SupportLogisticRegression(LogisticBaseline):
 
     What a hospital could do with its K labelled patients and no other data. Arguments: ``C`` and
     ``max_iter`` of :class:`LogisticBaseline`.
+
+    With more features than support examples (raw pixels: 2352 against 25), the fit runs in the support
+    set's row space: the L2-penalised weights lie in it (the penalty's gradient is ``w``, the loss's a
+    combination of support rows), so projecting support and query onto an orthonormal basis of it gives
+    the same solution (to 5e-10 in probability at a tight solver tolerance) from a 25-dimensional problem:
+    0.11 -> 0.05 s per 5-way 5-shot episode of 28x28 RGB images.
     """
 
     def score_tasks(self, batch: TaskBatch) -> Tensor:
         logits = []
         for task in batch:
+            support, query = _as_rows(task.support_x), _as_rows(task.query_x)
+            if support.shape[1] > support.shape[0]:
+                _, _, basis = np.linalg.svd(support, full_matrices=False)
+                support, query = support @ basis.T, query @ basis.T
             classifier = self.new_classifier()
-            classifier.fit(_as_rows(task.support_x), task.support_y.cpu().numpy())
-            logits.append(torch.from_numpy(classifier.predict_log_proba(_as_rows(task.query_x))))
+            classifier.fit(support, task.support_y.cpu().numpy())
+            logits.append(torch.from_numpy(classifier.predict_log_proba(query)))
         return torch.stack(logits).to(batch.query_x.device, torch.float32)
 
 

@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 Norm = Literal["support", "task_norm", "transductive", "running"]
@@ -65,9 +64,8 @@ class EpisodeNorm(nn.Module):
         return f"{self.num_features}, mode={self.mode}, eps={self.eps}"
 
     def forward(self, x: Tensor) -> Tensor:
-        alone = self.support_rows is None and self.support_mean is None and not self.recording
-        if self.mode == "support" and alone:  # the support set alone: plain batch norm, torch's fused kernel
-            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        # One formula for every pass, also for the support set alone: with torch's fused batch-norm kernel
+        # there, second-order MAML under DDP ended 1e-2 away from one process after 6 steps (4e-8 with this).
         shape = (1, -1) + (1,) * (x.dim() - 2)
         reduce = [0, *range(2, x.dim())]
         if self.support_mean is not None:
