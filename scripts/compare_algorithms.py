@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from metaclinic.compare import Run, markdown, paired_differences
+from metaclinic.compare import Run, markdown, paired_differences, reference_runs
 
 REPO = Path(__file__).resolve().parents[1]
 # name: (config under configs/, extra fit arguments). Baselines first: they are the reference.
@@ -38,7 +38,8 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "RelationNet": ("relationnet_medmnist", []),
     "Siamese": ("siamese_medmnist", []),
 }
-METRICS = ["accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece"]
+# ece: after temperature scaling on meta-validation; ece_uncalibrated: before it.
+METRICS = ["accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece", "ece_uncalibrated"]
 
 
 def timed(command: list[str]) -> tuple[subprocess.CompletedProcess, float]:
@@ -101,6 +102,13 @@ def tables(results: dict[str, dict[str, Any]], shots: list[int]) -> str:
         metrics = json.loads(Path(result["report"]).read_text())["metrics"]
         cells = [percent(metrics[m]) if m in metrics else "" for m in METRICS]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {result['fit_minutes']:.1f} |")
+    # The no-learning baselines every run scores on its own (shared) episodes: the first run's suffice.
+    first = next(iter(done.values()), None)
+    references = reference_runs(json.loads(Path(first["report"]).read_text())) if first else []
+    for reference in references:
+        metrics = reference.report["metrics"]
+        cells = [percent(metrics[m]) if m in metrics else "" for m in METRICS]
+        lines.append(f"| {reference.name} | " + " | ".join(cells) + " | 0 |")
     for metric in ("accuracy", "auroc"):
         lines += [
             "",
@@ -117,6 +125,7 @@ def tables(results: dict[str, dict[str, Any]], shots: list[int]) -> str:
         runs = [Run.read(Path(r["report"])) for r in done.values()]
         for run, name in zip(runs, done, strict=True):
             run.name = name
+        runs += references
         lines += ["", "**Paired differences on the same episodes**", ""]
         lines.append(markdown(paired_differences(runs), runs[0].name))
     return "\n".join(lines)
