@@ -18,10 +18,9 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaclinic.algorithms.pooling import class_means
+from metaclinic.algorithms.pooling import class_means, prototype_logits
 from metaclinic.data.task import TaskBatch
 from metaclinic.models.normalization import freeze_support_statistics, uses_batch_statistics
 
@@ -87,9 +86,8 @@ class AdaptedHead(nn.Module):
 class PrototypeClassifier(nn.Module):
     """A backbone with the class prototypes of the support set (ProtoNet).
 
-    ``torch.cdist`` changes algorithm with the number of inputs (above 25 through a matrix product), which
-    ``torch.export`` cannot keep for every batch size; squared distances are computed by their definition
-    here (equal to rounding). With a batch-statistics backbone, prototypes are recomputed at every call.
+    Scores by ProtoNet's own ``prototype_logits``. With a batch-statistics backbone, prototypes are
+    recomputed at every call.
     """
 
     def __init__(
@@ -116,11 +114,7 @@ class PrototypeClassifier(nn.Module):
             prototypes, query = self._prototypes(embeddings[:n_support]), embeddings[n_support:]
         else:
             prototypes, query = self.prototypes, self.backbone(x)
-        if self.distance == "cosine":
-            logits = self.temperature * F.normalize(query, dim=-1) @ F.normalize(prototypes, dim=-1).T
-        else:
-            logits = -(query.unsqueeze(1) - prototypes.unsqueeze(0)).pow(2).sum(-1)
-        return logits
+        return prototype_logits(query, prototypes, self.distance, self.temperature)
 
 
 class SupportSetClassifier(nn.Module):

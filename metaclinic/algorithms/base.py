@@ -162,10 +162,14 @@ class EpisodicModule(LightningModule):
         return SupportSetClassifier(self, support_x, support_y)
 
     # -- the shared meta-batch step --------------------------------------------------------------------------
+    def checked_scores(self, batch: TaskBatch) -> Tensor:
+        """``score_tasks`` of a meta-batch whose episodes were checked to fit this model."""
+        self.check_episode(batch)
+        return self.score_tasks(batch)
+
     def _step(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
         """Returns the mean query loss and the accuracy of every episode."""
-        self.check_episode(batch)
-        return self.query_metrics(self.score_tasks(batch), batch)
+        return self.query_metrics(self.checked_scores(batch), batch)
 
     def query_metrics(self, scores: Tensor, batch: TaskBatch) -> tuple[Tensor, Tensor]:
         """The query loss and every episode's accuracy, from the scores of ``score_tasks``."""
@@ -223,8 +227,7 @@ class EpisodicModule(LightningModule):
         self.log("train/acc", accuracy.mean(), prog_bar=True, batch_size=len(accuracy))
 
     def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
-        self.check_episode(batch)
-        scores = self.score_tasks(batch)
+        scores = self.checked_scores(batch)
         loss, accuracy = self.query_metrics(scores, batch)
         if self.calibration_queries:
             self.calibration_logits.update(self.class_logits(scores, batch).detach().float().flatten(0, 1))
@@ -249,8 +252,7 @@ class EpisodicModule(LightningModule):
     def test_step(self, batch: TaskBatch, batch_idx: int) -> None:
         pool = self._meta_test_pool()
         for method in (self, *self.reference_methods):
-            method.check_episode(batch)
-            method.record_test_episodes(method.class_logits(method.score_tasks(batch), batch), batch, pool)
+            method.record_test_episodes(method.class_logits(method.checked_scores(batch), batch), batch, pool)
 
     def record_test_episodes(self, logits: Tensor, batch: TaskBatch, pool: ClassPool | None) -> None:
         """Keeps every episode's metrics and every query's confidence for the meta-test report.

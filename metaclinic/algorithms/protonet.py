@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaclinic.algorithms.adapted import PrototypeClassifier
 from metaclinic.algorithms.metric import MetricModule
-from metaclinic.algorithms.pooling import class_means
+from metaclinic.algorithms.pooling import class_means, prototype_logits
 from metaclinic.data.task import TaskBatch
 
 
@@ -42,13 +40,7 @@ class ProtoNet(MetricModule):
     def score_tasks(self, batch: TaskBatch) -> Tensor:
         support, query = self.embed_episodes(self.backbone, batch)
         prototypes = class_means(support, batch.support_y, batch.n_way)
-        if self.distance == "cosine":
-            return (
-                self.temperature
-                * F.normalize(query, dim=-1)
-                @ F.normalize(prototypes, dim=-1).transpose(1, 2)
-            )
-        return -torch.cdist(query, prototypes).pow(2)
+        return prototype_logits(query, prototypes, self.distance, self.temperature)
 
     def adapted_classifier(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> nn.Module:
         return PrototypeClassifier(self.backbone, support_x, support_y, self.distance, self.temperature)

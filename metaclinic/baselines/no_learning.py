@@ -7,11 +7,10 @@ are cheap enough to be scored in every ``fit`` and ``evaluate`` (see ``EpisodicM
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from metaclinic.algorithms.base import EpisodicModule
-from metaclinic.algorithms.pooling import class_means
+from metaclinic.algorithms.pooling import class_means, prototype_logits
 from metaclinic.baselines.logistic import SupportLogisticRegression
 from metaclinic.data.task import TaskBatch
 
@@ -29,7 +28,7 @@ class NearestCentroid(EpisodicModule):
     def score_tasks(self, batch: TaskBatch) -> Tensor:
         support, query = batch.support_x.flatten(2).float(), batch.query_x.flatten(2).float()
         prototypes = class_means(support, batch.support_y, batch.n_way)
-        return -torch.cdist(query, prototypes).pow(2)
+        return prototype_logits(query, prototypes)
 
 
 def no_learning_baselines() -> list[EpisodicModule]:

@@ -22,14 +22,9 @@ from torch import Tensor, nn
 
 from metaclinic.algorithms.adapted import AdaptedHead, one_episode
 from metaclinic.algorithms.base import EpisodicModule, full_precision
-from metaclinic.algorithms.pooling import class_means
+from metaclinic.algorithms.pooling import class_means, cosine_logits
 from metaclinic.data.task import TaskBatch
 from metaclinic.errors import DataError
-
-
-def cosine_logits(x: Tensor, weight: Tensor, scale: float) -> Tensor:
-    """Scaled cosine similarities of the rows of ``x (..., n, d)`` to the classes ``(..., c, d)``."""
-    return scale * F.normalize(x, dim=-1) @ F.normalize(weight, dim=-1).transpose(-1, -2)
 
 
 class CosineClassifier(nn.Module):
