@@ -34,7 +34,9 @@ METHODS = {
     "Baseline++": "metaclinic.baselines.BaselinePlusPlus",
 }
 REPO = Path(__file__).resolve().parents[1]
-NO_LEARNING = "nearest centroid (no learning)"  # scored by every run beside its model
+NO_LEARNING = "nearest centroid (no learning)"
+# table titles; ECE is after temperature scaling where the run had meta-validation episodes to fit it on
+METRICS = {"accuracy": "accuracy", "auroc": "AUROC", "ece": "ECE"}  # scored by every run beside its model
 
 
 def run_cell(hospital: str, shots: int, method: str, args: argparse.Namespace, overrides: list[str]) -> dict:
@@ -59,14 +61,14 @@ def run_cell(hospital: str, shots: int, method: str, args: argparse.Namespace, o
         return {"error": str(error)}
     assert report is not None
     return {
-        "accuracy": report.metrics["accuracy"].__dict__,
-        "auroc": report.metrics["auroc"].__dict__,
+        **{m: report.metrics[m].__dict__ for m in (*METRICS, "ece_uncalibrated") if m in report.metrics},
+        "temperature": report.extra.get("temperature"),
         "episodes": report.episodes,
         "split_fingerprint": report.extra.get("split_fingerprint"),
         "lam": report.extra.get("lam"),  # RefitLogisticRegression's penalty, chosen within meta-train
         # the no-learning baselines every run scores on its own episodes
         "references": {
-            name: {m: r.metrics[m].__dict__ for m in ("accuracy", "auroc")}
+            name: {m: r.metrics[m].__dict__ for m in METRICS if m in r.metrics}
             for name, r in report.references.items()
         },
         "minutes": (time.perf_counter() - start) / 60,
@@ -75,9 +77,9 @@ def run_cell(hospital: str, shots: int, method: str, args: argparse.Namespace, o
 
 def tables(results: dict, hospitals: list[str], shots: list[int], methods: list[str]) -> str:
     lines, notes = [], {}
-    for metric in ("accuracy", "auroc"):
+    for metric, title in METRICS.items():
         lines += [
-            f"**Meta-test {'accuracy' if metric == 'accuracy' else 'AUROC'} (%), mean ± 95% CI**",
+            f"**Meta-test {title} (%), mean ± 95% CI**",
             "",
             "| held-out hospital | K | " + " | ".join(methods) + " |",
             "| --- | --- |" + " --- |" * len(methods),
@@ -90,6 +92,8 @@ def tables(results: dict, hospitals: list[str], shots: list[int], methods: list[
                     if "error" in result:
                         note = notes.setdefault(result["error"], len(notes) + 1)
                         cells.append(f"n/a [{note}]")
+                    elif metric not in result:
+                        cells.append("")
                     else:
                         cells.append(
                             f"{100 * result[metric]['mean']:.1f} ± {100 * result[metric]['ci95']:.1f}"
