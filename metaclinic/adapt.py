@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,9 +43,9 @@ from metaclinic.data.cases import Cases, ImageCases, SupportSet, TableCases
 from metaclinic.data.datamodule import EpisodicDataModule
 from metaclinic.data.preprocess import TablePreprocessor
 from metaclinic.data.table_datamodule import TableEpisodes
-from metaclinic.errors import DataError, MissingDataError
-from metaclinic.fit import UnsafeCheckpointError
+from metaclinic.errors import DataError, MetaclinicError, MissingDataError
 from metaclinic.models.normalization import uses_batch_statistics
+from metaclinic.storage import load_checkpoint, write_atomically
 
 PREDICTIONS_FILE = "predictions.csv"
 MODEL_FILE = "adapted_model.pt2"
@@ -83,7 +82,7 @@ def load_meta_trained(ckpt_path: str | Path, config: str | Path | None = None) -
             f"{config}: no such config file; give the run's config.yaml with --config (a run directory holds "
             "config.yaml and checkpoints/)"
         )
-    checkpoint = _load_checkpoint(ckpt_path)
+    checkpoint = load_checkpoint(ckpt_path)
     sections = _config_sections(config)
     data = _instantiate("data", EpisodicDataModule, sections["data"], config)
     data_state = checkpoint.get(type(data).__qualname__) or {}
@@ -101,21 +100,6 @@ def load_meta_trained(ckpt_path: str | Path, config: str | Path | None = None) -
         detail = " ".join(line.strip() for line in str(error).splitlines()[:2])
         raise DataError(f"{ckpt_path} does not fit the model of {config}: {detail}") from None
     return MetaTrained(model.eval(), data, data_state, input_shape, ckpt_path, config)
-
-
-def _load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise UnsafeCheckpointError(
-            f"{path} was not loaded: it holds Python objects other than tensors and plain data, which could "
-            "run code when loaded. metaclinic only loads checkpoints it wrote itself."
-        ) from None
-    except (RuntimeError, OSError, EOFError, ValueError) as error:
-        raise DataError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise DataError(f"{path}: not a Lightning checkpoint (no state_dict)")
-    return checkpoint
 
 
 def _config_sections(config: Path) -> dict[str, Any]:
@@ -216,7 +200,7 @@ def adapt(
         raise RuntimeError(f"the exported model differs from the adapted one by {difference:.2e}")
     torch.export.save(program, out / MODEL_FILE)
     info = _model_info(meta_trained, reader, support_set)
-    (out / MODEL_INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
+    write_atomically(out / MODEL_INFO_FILE, json.dumps(info, indent=1) + "\n")
     counts = ", ".join(f"{c}: {n}" for c, n in support_set.counts().items())
     print(
         f"{type(model).__name__} adapted to {len(support_set.classes)} classes ({counts} support cases); "
@@ -280,7 +264,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         adapt(**vars(args))
-    except DataError as error:  # bad input: the message says what to change, a traceback adds nothing
+    except (
+        MetaclinicError
+    ) as error:  # bad input or a failed write: the message says what to change, a traceback adds nothing
         raise SystemExit(f"metaclinic: error: {error}") from None
 
 

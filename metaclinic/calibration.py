@@ -9,8 +9,8 @@ buffer) and so applies in evaluation, ``metaclinic.adapt`` and the exported mode
 
 from __future__ import annotations
 
+import io
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
+
+from metaclinic.storage import load_checkpoint, write_atomically
 
 log = logging.getLogger("metaclinic")
 
@@ -73,11 +75,8 @@ def calibrate(trainer: Trainer, model: LightningModule, datamodule: Any, ckpt_pa
 
 def write_temperature(ckpt_path: Path, temperature: float) -> None:
     """Stores ``temperature`` in the checkpoint's state dict, replacing the file atomically."""
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint(ckpt_path)
     checkpoint["state_dict"]["calibration_temperature"] = torch.tensor(temperature)
-    partial = ckpt_path.with_name(f".{ckpt_path.name}.calibrating")
-    with open(partial, "wb") as file:
-        torch.save(checkpoint, file)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(partial, ckpt_path)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    write_atomically(ckpt_path, buffer.getbuffer())

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from jsonargparse import Namespace
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import (
@@ -24,8 +30,10 @@ from metaclinic.algorithms.base import EpisodicModule
 from metaclinic.callbacks import CheckpointOnSigterm, MetaBatchSeeding
 from metaclinic.callbacks import ModelCheckpoint as StepEndCheckpoint
 from metaclinic.data.datamodule import EpisodicDataModule
-from metaclinic.errors import DataError
+from metaclinic.errors import DataError, WriteError
 from metaclinic.report import REPORT_FILE, MetaTestReport
+from metaclinic.run_record import CONFIG_FILE, RunRecord, flatten, resume_entry
+from metaclinic.storage import AtomicCheckpointIO, remove_partial_files
 from metaclinic.tracking import WandbLogger as SafeWandbLogger
 
 log = logging.getLogger("metaclinic")
@@ -73,6 +81,9 @@ class MetaClinicCLI(LightningCLI):
     """
 
     def __init__(self, args: list[str] | None = None, save_config: bool = True, **kwargs: Any) -> None:
+        self.records_run = save_config  # fit records the run; evaluate and adapt only read one
+        self.created_run_dir: Path | None = None  # the directory this process made for a new run
+        self.resume: dict[str, Any] | None = None
         super().__init__(
             EpisodicModule,
             EpisodicDataModule,
@@ -80,7 +91,7 @@ class MetaClinicCLI(LightningCLI):
             subclass_mode_data=True,
             trainer_defaults=TRAINER_DEFAULTS,
             seed_everything_default=0,
-            save_config_callback=SaveConfigCallback if save_config else None,
+            save_config_callback=RunRecord if save_config else None,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,  # algorithms take their optimizer in the constructor
             parser_kwargs={"prog": "python -m metaclinic.fit"},
@@ -124,6 +135,13 @@ class MetaClinicCLI(LightningCLI):
             default=True,
             help="fit the model's temperature on the meta-validation episodes after training",
         )
+        parser.add_argument(
+            "--allow_config_change",
+            type=bool,
+            default=False,
+            help="resume even if settings that change what is learned differ from the run's config.yaml; "
+            "the change is recorded in config_history.yaml",
+        )
         parser.link_arguments("data.init_args.n_way", "model.init_args.n_way")
         parser.link_arguments(
             "data",
@@ -154,7 +172,43 @@ class MetaClinicCLI(LightningCLI):
             return candidates[-1].parent.parent
         if config.ckpt_path and Path(config.ckpt_path).parent.name == "checkpoints":
             return Path(config.ckpt_path).parent.parent
-        return _new_run_directory(group)
+        if not self.records_run:  # evaluate, adapt: beside what they read, never a new run directory
+            if config.ckpt_path:
+                return Path(config.ckpt_path).parent
+            files = [Path(str(f)) for f in config.get("config") or []]
+            if files and files[-1].name == CONFIG_FILE:
+                return files[-1].parent
+        self.created_run_dir = _new_run_directory(group)
+        return self.created_run_dir
+
+    def _check_resume(self, run_dir: Path) -> None:
+        """Refuses a resume that changes what is learned (see :mod:`metaclinic.run_record`)."""
+        ckpt_path = self.config.ckpt_path
+        if not (self.records_run and ckpt_path and (run_dir / CONFIG_FILE).is_file()):
+            return
+        remove_partial_files(Path(ckpt_path).parent)
+        settings = flatten(yaml.safe_load(self.parser.dump(self.portable_config, skip_none=False)))
+        self.resume = resume_entry(run_dir, settings, Path(ckpt_path), self.config.allow_config_change)
+
+    def discard_failed_run(self) -> None:
+        """Removes the run directory a set-up that failed before saving anything made (W&B run included)."""
+        run_dir = self.created_run_dir
+        if run_dir is None or not run_dir.is_dir() or any(run_dir.glob("checkpoints/*.ckpt")):
+            return
+        wandb = sys.modules.get("wandb")
+        if wandb is not None and wandb.run is not None:
+            wandb.finish(exit_code=1, quiet=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            run_dir.parent.rmdir()  # the run name's folder, when this was its only run
+        self.created_run_dir = None
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except BaseException:
+            self.discard_failed_run()
+            raise
 
     def before_instantiate_classes(self) -> None:
         config = self.config
@@ -164,6 +218,11 @@ class MetaClinicCLI(LightningCLI):
         self.portable_config.ckpt_path = None
         self.portable_config.run_name = self._run_name(config)  # not "config", the saved file's name
         run_dir = self._resolve_run_dir(config)
+        try:
+            self._check_resume(run_dir)
+        except BaseException:
+            self.discard_failed_run()
+            raise
         os.environ[RUN_DIR_ENV] = f"{os.getpid()}:{run_dir}"
         config.trainer.default_root_dir = str(run_dir)
         logger = config.trainer.logger
@@ -184,6 +243,11 @@ class MetaClinicCLI(LightningCLI):
         for callback in callbacks:
             if isinstance(callback, SaveConfigCallback):
                 callback.config = self.portable_config
+            if isinstance(callback, RunRecord):
+                callback.run_dir, callback.resume = self.run_dir, self.resume
+        strategy = self.trainer.strategy
+        if type(strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default; a configured one stays
+            strategy.checkpoint_io = AtomicCheckpointIO()
         present = {type(callback) for callback in callbacks}
         if MetaBatchSeeding not in present:
             seed = self.config.seed_everything
@@ -277,12 +341,28 @@ def publish_report(report: MetaTestReport, trainer: Trainer, path: Path, key: st
     """Writes the report as JSON, prints its table and logs the table to W&B (from rank 0 only)."""
     if not trainer.is_global_zero:
         return
-    report.write(path)
+    try:
+        report.write(path)
+    except WriteError as error:
+        print("\n" + report.table(), flush=True)  # the result is not lost with the file
+        raise WriteError(f"{error}; {write_elsewhere(report, path)}") from None
     print("\n" + report.table() + f"\nReport: {path}\n", flush=True)
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             rows = [[name, e.mean, e.ci95, e.n] for name, e in report.metrics.items()]
             logger.log_table(f"{key}/report", columns=["metric", "mean", "ci95", "episodes"], data=rows)
+
+
+def write_elsewhere(report: MetaTestReport, path: Path) -> str:
+    """Saves a report that could not be written at ``path`` in the current directory or ``$TMPDIR``."""
+    name = f"{path.parent.parent.name}-{path.parent.name}-{path.name}"  # <run name>-<timestamp>-<file>
+    for folder in (Path.cwd(), Path(tempfile.gettempdir())):
+        try:
+            report.write(folder / name)
+            return f"the report was saved to {folder / name} instead"
+        except WriteError:
+            continue
+    return "it could not be saved in the current directory or $TMPDIR either"
 
 
 def add_no_learning_baselines(cli: MetaClinicCLI) -> None:

@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from metaclinic.errors import DataError
+from metaclinic.errors import DataError, MetaclinicError
 from metaclinic.report import REPORT_FILE, Estimate
+from metaclinic.storage import write_atomically
 
 log = logging.getLogger("metaclinic")
 
@@ -173,7 +174,7 @@ def publish_beside_baselines(runs: list[Run], folder: Path) -> str:
     """The first run beside the others (paired differences): printed, written to ``folder/baselines.md``."""
     text = markdown(paired_differences(runs), runs[0].name)
     print(f"\nBeside the baselines (same episodes):\n{text}\n", flush=True)
-    (folder / BASELINES_FILE).write_text(text + "\n")
+    write_atomically(folder / BASELINES_FILE, text + "\n")
     return text
 
 
@@ -187,11 +188,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         runs = [Run.read(path) for path in args.reports]
         text = markdown(paired_differences(runs), runs[0].name)
-    except DataError as error:
+    except MetaclinicError as error:
         raise SystemExit(f"metaclinic: error: {error}") from None
     print(text)
     if args.out:
-        args.out.write_text(text + "\n")
+        write_atomically(args.out, text + "\n")
 
 
 if __name__ == "__main__":

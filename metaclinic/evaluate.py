@@ -35,9 +35,10 @@ from metaclinic.compare import (
     publish_beside_baselines,
     reference_runs,
 )
-from metaclinic.errors import DataError
+from metaclinic.errors import DataError, MetaclinicError
 from metaclinic.plots import plot_reliability, plot_shot_curves
 from metaclinic.report import REPORT_FILE, MetaTestReport
+from metaclinic.storage import write_atomically
 
 log = logging.getLogger("metaclinic")
 
@@ -113,7 +114,7 @@ def baseline_curve(
         curve = shot_curve(cli, str(run_dir / checkpoint) if checkpoint else None, shots, scored)
         if cli.trainer.is_global_zero:
             cache.parent.mkdir(exist_ok=True)
-            cache.write_text(json.dumps(curve, indent=1) + "\n")
+            write_atomically(cache, json.dumps(curve, indent=1) + "\n")
     return run, curve
 
 
@@ -166,11 +167,11 @@ def evaluate(
     if not cli.trainer.is_global_zero:
         return report
     publish_report(report, cli.trainer, out / REPORT_FILE)
-    (out / CURVE_FILE).write_text(json.dumps(curve, indent=1) + "\n")
+    write_atomically(out / CURVE_FILE, json.dumps(curve, indent=1) + "\n")
     if beside:
         publish_beside_baselines([Run(name, report.to_dict()), *beside], out)
         baseline_curves = {run.name: curves[run.name] for run in beside}
-        (out / "baselines_shot_curves.json").write_text(json.dumps(baseline_curves, indent=1) + "\n")
+        write_atomically(out / "baselines_shot_curves.json", json.dumps(baseline_curves, indent=1) + "\n")
     if not cli.model.is_baseline and len(beside) == len(reference_runs(report.to_dict())):
         hint = no_baseline_hint(Path(cli.config.runs_dir), Path(config))
         log.warning(hint + "\nOr name baseline runs with --baselines.")
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     args, overrides = parser.parse_known_args(argv)
     try:
         evaluate(args.config, args.ckpt_path, args.shots, args.out, overrides, args.baselines)
-    except DataError as error:
+    except MetaclinicError as error:
         raise SystemExit(f"metaclinic: error: {error}") from None
 
 

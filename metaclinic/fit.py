@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import pickle
 import signal
 from pathlib import Path
 
@@ -12,14 +11,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from metaclinic.calibration import calibrate
 from metaclinic.cli import add_no_learning_baselines, best_checkpoint, build_cli, meta_test
 from metaclinic.compare import show_baselines
-from metaclinic.errors import DataError
+from metaclinic.errors import MetaclinicError
 from metaclinic.report import REPORT_FILE, MetaTestReport
 
 log = logging.getLogger("metaclinic")
-
-
-class UnsafeCheckpointError(DataError):
-    """A checkpoint holds pickled Python objects, which metaclinic refuses to load (they could run code)."""
 
 
 def run(args: list[str] | None = None) -> MetaTestReport | None:
@@ -37,12 +32,10 @@ def run(args: list[str] | None = None) -> MetaTestReport | None:
             cli.trainer.fit(
                 cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path, weights_only=True
             )
-        except pickle.UnpicklingError as error:
-            raise UnsafeCheckpointError(
-                f"--ckpt_path {cli.config.ckpt_path} was not loaded: it holds Python objects other than "
-                "tensors and plain data, which could run code when loaded. metaclinic only resumes from "
-                f"checkpoints it wrote itself. ({_unpickling_reason(error)})"
-            ) from None
+        except BaseException:
+            if cli.trainer.global_step == 0:  # a set-up that failed: no empty run directory left behind
+                cli.discard_failed_run()
+            raise
         if cli.trainer.interrupted:
             return None
         checkpoint = best_checkpoint(cli.trainer)
@@ -57,17 +50,10 @@ def run(args: list[str] | None = None) -> MetaTestReport | None:
     return report
 
 
-def _unpickling_reason(error: pickle.UnpicklingError) -> str:
-    """The line of torch's refusal that names what the file tried to load (the rest is generic advice)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    named = [line for line in lines if "global" in line.lower() and "weights_only" not in line]
-    return (named or lines or [type(error).__name__])[0]
-
-
 def main(args: list[str] | None = None) -> None:
     try:
         run(args)
-    except DataError as error:  # bad input: the message says what to change, a traceback adds nothing
+    except MetaclinicError as error:  # bad input or a failed write: the message says it all
         raise SystemExit(f"metaclinic: error: {error}") from None
     except SIGTERMException:  # Lightning stopped on SIGTERM (the checkpoint is logged); exit as killed by it
         raise SystemExit(128 + signal.SIGTERM) from None

@@ -6,10 +6,13 @@ backend of a notebook or an application that imports metaclinic is left alone.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+
+from metaclinic.storage import write_atomically
 
 CURVE_METRICS = {"accuracy": "accuracy", "auroc": "AUROC"}
 
@@ -48,7 +51,7 @@ def plot_shot_curves(curves: dict[str, dict[str, Any]], out: Path, title: str = 
             axes.legend(fontsize=7)
         figure.tight_layout()
         path = out / f"{metric}_vs_shots.png"
-        figure.savefig(path)
+        save_figure(figure, path)
         paths.append(path)
     return paths
 
@@ -69,5 +72,12 @@ def plot_reliability(reliability: dict[str, list[float]], path: Path, title: str
     axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="top-class probability", ylabel="accuracy", title=title)
     axes.legend(loc="upper left", fontsize=8)
     figure.tight_layout()
-    figure.savefig(path)
+    save_figure(figure, path)
     return path
+
+
+def save_figure(figure: Figure, path: Path) -> None:
+    """Renders ``figure`` as PNG and writes it atomically (a failure names ``path``)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    write_atomically(path, buffer.getvalue())

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from scipy import stats
 
+from metaclinic.storage import write_atomically
+
 MIXED_DOMAIN = "mixed"  # the breakdown's name for episodes whose classes come from several domains
 REPORT_FILE = "meta_test_report.json"  # in every run directory, and in its evaluation/
 
@@ -182,12 +184,12 @@ class MetaTestReport:
         )
 
     def write(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Writes the report atomically; a failure raises :class:`WriteError` naming ``path``."""
         text = json.dumps(self.to_dict(), indent=2)
         # One line per list of numbers (per-episode values), not one line per number. JSON strings hold no
         # raw newline, so a match spanning lines is never inside one.
         text = re.sub(r"\[(?=[^\]]*\n)([-+\w.,\s]*)\]", lambda m: "[" + " ".join(m[1].split()) + "]", text)
-        path.write_text(text + "\n")
+        write_atomically(path, text + "\n")
 
     @classmethod
     def read(cls, path: str | Path) -> MetaTestReport:

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 from lightning.pytorch import seed_everything
 from PIL import Image, ImageFile
 
 from metaclinic.algorithms import ProtoNet
-from metaclinic.data.image_folder import ImageFolderEpisodes, read_image
+from metaclinic.data.cases import ImageCases
+from metaclinic.data.image_folder import ImageFolderEpisodes, images_to_unit_range, read_image
 from metaclinic.errors import DataError, MissingDataError
 from metaclinic.models import Conv4
 
@@ -120,6 +122,136 @@ def test_high_bit_depth_and_alpha_convert(tmp_path: Path, mode: str, pixels: np.
     Image.fromarray(pixels).save(tmp_path / "image.png")
     assert Image.open(tmp_path / "image.png").mode == mode
     assert read_image(tmp_path / "image.png", channels=1, image_size=2)[0].tolist() == expected
+
+
+def stretched(pixels: np.ndarray) -> np.ndarray:
+    """The documented mapping of deep images: their own minimum to 0 and maximum to 255."""
+    pixels = pixels.astype(np.float64)
+    return np.rint((pixels - pixels.min()) * 255 / (pixels.max() - pixels.min())).astype(np.uint8)
+
+
+def twelve_bit_rgb(size: int = 5) -> np.ndarray:
+    """A square 12-bit RGB image (0..4095 in 16-bit samples) holding both ends of the range."""
+    pixels = np.random.default_rng(0).integers(0, 4096, size=(size, size, 3), dtype=np.uint16)
+    pixels[0, 0], pixels[-1, -1] = [0, 0, 0], [4095, 4095, 4095]
+    return pixels
+
+
+@pytest.mark.parametrize(
+    ("layout", "options"),
+    [
+        ("contiguous", {}),
+        ("planar", {"planarconfig": "separate"}),
+        ("with alpha", {"extrasamples": ["unassalpha"]}),
+        ("deflate", {"compression": "zlib"}),
+    ],
+)
+def test_12_bit_rgb_tiff_is_read_at_full_depth_and_stretched(tmp_path: Path, layout: str, options: dict):
+    pixels = twelve_bit_rgb()
+    stored = pixels
+    if layout == "planar":
+        stored = pixels.transpose(2, 0, 1)
+    elif layout == "with alpha":
+        stored = np.concatenate([pixels, np.full((5, 5, 1), 7, np.uint16)], axis=2)
+    tifffile.imwrite(tmp_path / "cells.tif", stored, photometric="rgb", **options)
+    if layout == "contiguous":
+        with Image.open(tmp_path / "cells.tif") as image:
+            assert np.asarray(image).max() == 15  # what Pillow alone makes of it: near black
+    got = read_image(tmp_path / "cells.tif", channels=3, image_size=5)  # the image's own size: no resampling
+    assert got.shape == (3, 5, 5) and got.max() == 255 and got.min() == 0
+    assert np.array_equal(got, stretched(pixels).transpose(2, 0, 1))  # so also every pixel's order kept
+
+
+def test_12_bit_rgb_tiffs_in_an_image_folder_span_the_full_range(tmp_path: Path):
+    pixels = twelve_bit_rgb(8)
+    for c in range(6):
+        (tmp_path / f"c{c}").mkdir()
+        for i in range(3):
+            tifffile.imwrite(tmp_path / f"c{c}" / f"scan{i}.TIFF", pixels // (i + 1), photometric="rgb")
+    dm = make(tmp_path, channels=3, image_size=8)
+    dm.setup()
+    examples = dm.pools["meta_train"].examples
+    assert examples.shape == (6, 3, 8, 8)
+    assert (
+        examples.amax(dim=(1, 2, 3)).tolist() == [255] * 6
+        and examples.amin(dim=(1, 2, 3)).tolist() == [0] * 6
+    )
+    assert torch.equal(examples[0], torch.from_numpy(stretched(pixels).transpose(2, 0, 1)))
+
+
+@pytest.mark.parametrize(
+    "pixels",
+    [
+        np.array([[0, 1000], [2000, 4095]], dtype=np.uint16),  # 12-bit grayscale in 16-bit samples
+        np.array([[-0.5, 0.0], [0.25, 1.5]], dtype=np.float32),  # float data, outside 0..1 too
+        np.array([[[0.0, 0.5, 1.0], [2.0, 2.0, 2.0]], [[0, 0, 0], [4, 3, 2]]], dtype=np.float32),  # float RGB
+    ],
+    ids=["uint16-gray", "float32-gray", "float32-rgb"],
+)
+def test_16_bit_and_float_tiffs_are_stretched_by_their_own_range(tmp_path: Path, pixels: np.ndarray):
+    tifffile.imwrite(tmp_path / "image.tiff", pixels)
+    channels = 3 if pixels.ndim == 3 else 1
+    got = read_image(tmp_path / "image.tiff", channels=channels, image_size=2)
+    expected = stretched(pixels)
+    assert np.array_equal(got, expected[None] if channels == 1 else expected.transpose(2, 0, 1))
+    assert got.max() == 255 and got.min() == 0
+
+
+def test_8_bit_rgb_tiff_reads_as_pillow_reads_it(tmp_path: Path):
+    pixels = np.random.default_rng(1).integers(0, 256, size=(9, 7, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", pixels, photometric="rgb")
+    with Image.open(tmp_path / "rgb.tif") as image:
+        expected = np.asarray(image.convert("RGB").resize((4, 4), Image.Resampling.BILINEAR))
+    assert np.array_equal(
+        read_image(tmp_path / "rgb.tif", channels=3, image_size=4), expected.transpose(2, 0, 1)
+    )
+
+
+def test_multi_page_tiff_gives_its_first_page(tmp_path: Path):
+    pages = np.stack([np.array([[0, 100], [200, 300]], np.uint16), np.full((2, 2), 9, np.uint16)])
+    tifffile.imwrite(tmp_path / "stack.tif", pages, photometric="minisblack")
+    assert read_image(tmp_path / "stack.tif", channels=1, image_size=2)[0].tolist() == [[0, 85], [170, 255]]
+
+
+def test_16_bit_grayscale_tiff_tifffile_cannot_decompress_is_still_read_by_pillow(tmp_path: Path):
+    Image.fromarray(np.array([[0, 1000], [2000, 4000]], dtype=np.uint16)).save(
+        tmp_path / "lzw.tif", compression="tiff_lzw"
+    )
+    assert read_image(tmp_path / "lzw.tif", channels=1, image_size=2)[0].tolist() == [[0, 64], [128, 255]]
+
+
+def test_colour_tiff_tifffile_cannot_decompress_is_an_error_not_8_bit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    tifffile.imwrite(tmp_path / "deflate.tif", twelve_bit_rgb(), photometric="rgb", compression="zlib")
+    monkeypatch.setattr(tifffile.TIFF, "DECOMPRESSORS", {1: None})  # as without imagecodecs for LZW
+    with pytest.raises(OSError, match=r"ADOBE_DEFLATE-compressed 16-bit TIFF with 3 channels.*imagecodecs"):
+        read_image(tmp_path / "deflate.tif", channels=3, image_size=4)
+
+
+def test_damaged_tiffs_are_named_in_the_image_folder_error(formats_root: Path):
+    truncated, junk = formats_root / "c1" / "deep.tif", formats_root / "c2" / "junk.tiff"
+    tifffile.imwrite(truncated, twelve_bit_rgb(64), photometric="rgb")
+    truncate(truncated)
+    junk.write_bytes(b"not a tiff at all")
+    with pytest.raises(DataError, match=r"2 image file\(s\)") as error:
+        make(formats_root).setup()
+    message = str(error.value)
+    assert f"{truncated}: OSError: TIFF image data cannot be read, the file is truncated" in message
+    assert f"{junk}: UnidentifiedImageError" in message
+
+
+def test_cases_for_a_grayscale_model_read_deep_colour_tiffs_at_full_depth(tmp_path: Path):
+    gray = np.repeat(np.array([[0.0, 0.5], [1.0, 2.0]], np.float32)[..., None], 3, axis=2)
+    tifffile.imwrite(tmp_path / "gray_as_rgb.tif", gray, photometric="rgb")  # Pillow cannot open float RGB
+    tifffile.imwrite(tmp_path / "colour.tif", twelve_bit_rgb(), photometric="rgb")
+    reader = ImageCases(1, 2, images_to_unit_range)
+    cases = reader.read_cases(tmp_path / "gray_as_rgb.tif")
+    assert torch.equal(
+        cases.x, images_to_unit_range(torch.tensor([[[[0, 64], [128, 255]]]], dtype=torch.uint8))
+    )
+    with pytest.raises(DataError, match=r"colour\.tif: a colour image"):
+        reader.read_cases(tmp_path / "colour.tif")
 
 
 def test_palette_images_convert(tmp_path: Path):

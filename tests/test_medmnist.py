@@ -11,6 +11,7 @@ import torch
 
 from metaclinic.data import MedMNISTEpisodes, medmnist
 from metaclinic.data.synthetic import write_synthetic_medmnist
+from metaclinic.errors import DataError
 
 from .conftest import SPLIT
 
@@ -51,6 +52,20 @@ def test_labels_outside_the_dataset_are_rejected(tmp_path: Path):
     np.savez(path, **data)
     with pytest.raises(ValueError, match=r"train_labels holds label 7; expected 0..1"):
         medmnist.load_pool(path, "pneumoniamnist", [0, 1], ["train"], channels=1)
+
+
+def test_labels_shorter_than_images_are_rejected(tmp_path: Path):
+    path = write_synthetic_medmnist(tmp_path, "bloodmnist", per_class=2)
+    data = dict(np.load(path))
+    images = len(data["val_images"])
+    data["val_labels"] = data["val_labels"][:-3]
+    np.savez(path, **data)
+    expected = (
+        rf"bloodmnist\.npz: val_labels should have one row per image of val_images "
+        rf"\({images}\), got {images - 3}$"
+    )
+    with pytest.raises(DataError, match=expected):
+        medmnist.load_pool(path, "bloodmnist", [0, 1], ["train", "val"], channels=3)
 
 
 def test_missing_file_lists_expected_files_and_where_to_get_them(tmp_path: Path):

@@ -16,10 +16,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch import Tensor
 
-from metaclinic.data.image_folder import IMAGE_EXTENSIONS, list_image_files, read_image, truncated_images_fail
+from metaclinic.data.image_folder import (
+    IMAGE_EXTENSIONS,
+    decode_image,
+    list_image_files,
+    read_image,
+    truncated_images_fail,
+)
 from metaclinic.data.preprocess import TablePreprocessor
 from metaclinic.data.table import Table, TableSpec, read_header, read_table
 from metaclinic.errors import DataError
@@ -208,8 +213,8 @@ class ImageCases:
     The support set is a folder with one sub-folder of images per class (the folder name is the class);
     the cases to predict are a flat folder of images (or one image file). Images are read as training read
     them (:func:`~metaclinic.data.image_folder.read_image`): resized to the model's size with antialiasing
-    and stretched to a square, 16-bit and float images scaled by their own range, alpha dropped, and the
-    model's ``prepare_inputs`` (uint8 to [-1, 1]) applied.
+    and stretched to a square, 16-bit and float images (TIFFs read at full depth with tifffile) scaled by
+    their own range, alpha dropped, and the model's ``prepare_inputs`` (uint8 to [-1, 1]) applied.
 
     Channels: grayscale images are repeated to three channels for an RGB model (as grayscale MedMNIST
     datasets are when mixed with RGB ones); a colour image for a grayscale model is an error, unless its
@@ -288,11 +293,11 @@ class ImageCases:
     def _check_channels(self, path: Path) -> None:
         if self.channels != 1:
             return
-        with Image.open(path) as image:
-            mode = image.mode
-            if mode in GRAYSCALE_MODES:
-                return
-            pixels = np.asarray(image.convert("RGB"))
+        image = decode_image(path)  # as read_image decodes it: Pillow cannot open float colour TIFFs
+        mode = image.mode
+        if mode in GRAYSCALE_MODES:
+            return
+        pixels = np.asarray(image.convert("RGB"))
         if not ((pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()):
             raise DataError(
                 f"{path}: a colour image (mode {mode}), but the model was meta-trained on grayscale "

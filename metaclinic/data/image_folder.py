@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import tifffile
 import torch
 from PIL import Image, ImageFile
 from torch import Tensor
@@ -24,6 +25,9 @@ MAX_LISTED_PROBLEMS = 20
 MAX_LISTED_IGNORED = 5
 # Pillow modes with more than 8 bits per pixel; ``convert("L")`` clips them to 255 instead of scaling.
 HIGH_DEPTH_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+TIFF_EXTENSIONS = (".tif", ".tiff")
+# Colour models tifffile's deep pages are read in; others (palette, CMYK, YCbCr, ...) are left to Pillow.
+FULL_DEPTH_PHOTOMETRICS = (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB)
 
 
 def images_to_unit_range(x: Tensor) -> Tensor:
@@ -46,32 +50,82 @@ def truncated_images_fail() -> Iterator[None]:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
-def _stretch_to_8_bit(image: Image.Image) -> Image.Image:
-    """16-bit, 32-bit and float images to 8-bit grayscale by their own minimum and maximum.
+def _stretch_to_8_bit(pixels: np.ndarray) -> np.ndarray:
+    """16-bit, 32-bit and float pixels to uint8 by the image's own minimum and maximum.
 
     Medical 16-bit files often use only 10-12 bits, so mapping the full 0..65535 range would leave them
-    almost black; a constant image becomes black.
+    almost black; a constant image becomes black. Colour channels share one range, so hues are kept.
     """
-    pixels = np.asarray(image, dtype=np.float64)
+    pixels = np.asarray(pixels, dtype=np.float64)
     low, high = float(pixels.min()), float(pixels.max())
     scaled = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
-    return Image.fromarray(np.rint(scaled).astype(np.uint8))
+    return np.rint(scaled).astype(np.uint8)
+
+
+def _read_full_depth_tiff(path: Path) -> np.ndarray | None:
+    """The first page of a TIFF deeper than 8 bits, as ``(H, W)`` or ``(H, W, 3)``; None leaves it to Pillow.
+
+    Pillow reads 16-bit colour TIFFs as 8-bit (a 12-bit image comes out near black) and cannot open float
+    colour ones. Only deep grayscale and RGB pages are read here (planar ones made channel-last, alpha
+    dropped); 8-bit, palette or CMYK pages, files that are no TIFF to tifffile, and single-channel pages
+    whose codec tifffile lacks without ``imagecodecs`` (e.g. LZW) are left to Pillow, which reads those.
+    """
+    try:
+        tiff = tifffile.TiffFile(path)
+    except tifffile.TiffFileError:
+        return None
+    with tiff:
+        page = tiff.pages[0]
+        if page.bitspersample <= 8 or page.photometric not in FULL_DEPTH_PHOTOMETRICS:
+            return None
+        if page.compression not in tifffile.TIFF.DECOMPRESSORS:
+            if page.samplesperpixel == 1:
+                return None
+            codec = tifffile.COMPRESSION(page.compression).name
+            raise OSError(
+                f"{codec}-compressed {page.bitspersample}-bit TIFF with {page.samplesperpixel} channels: "
+                "reading it at full depth needs the imagecodecs package"
+            )
+        if page.axes not in ("YX", "YXS", "SYX"):
+            raise OSError(f"TIFF page with axes {page.axes}; only 2-D images are read, not volumes")
+        try:
+            pixels = page.asarray()
+        except ValueError as error:  # tifffile's "failed to read N bytes" and decoder errors
+            raise OSError(
+                f"TIFF image data cannot be read, the file is truncated or damaged: {error}"
+            ) from error
+        if page.axes == "SYX":
+            pixels = np.moveaxis(pixels, 0, -1)
+        if pixels.ndim == 3:
+            pixels = pixels[..., :3] if page.photometric == tifffile.PHOTOMETRIC.RGB else pixels[..., 0]
+    return pixels
+
+
+def decode_image(path: Path) -> Image.Image:
+    """Decodes one file fully to an 8-bit Pillow image; deeper ones are stretched by their own range.
+
+    TIFFs deeper than 8 bits are read at full depth with tifffile (see :func:`_read_full_depth_tiff`),
+    other files with Pillow. Multi-page TIFFs give their first page.
+    """
+    if path.suffix.lower() in TIFF_EXTENSIONS and (pixels := _read_full_depth_tiff(path)) is not None:
+        return Image.fromarray(_stretch_to_8_bit(pixels))
+    with Image.open(path) as image:
+        image.load()  # decodes the whole file now (Pillow is lazy), so a truncated one raises here
+        if image.mode in HIGH_DEPTH_MODES:
+            return Image.fromarray(_stretch_to_8_bit(np.asarray(image)))
+        return image.copy()  # still usable once the file is closed
 
 
 def read_image(path: Path, channels: int, image_size: int) -> np.ndarray:
     """Decodes one file fully and returns it as uint8 ``(channels, image_size, image_size)``.
 
-    Any mode Pillow reads (palette, RGBA, CMYK, 16-bit, ...) is converted; alpha is dropped. Images are
-    resized with antialiasing and stretched to a square: aspect ratios are not kept. Multi-page TIFFs give
-    their first page.
+    Any mode Pillow reads (palette, RGBA, CMYK, 16-bit, ...) is converted, and 16-bit and float TIFFs are
+    read at full depth; alpha is dropped. Images are resized with antialiasing and stretched to a square:
+    aspect ratios are not kept. Multi-page TIFFs give their first page.
     """
-    with Image.open(path) as image:
-        image.load()  # decodes the whole file now (Pillow is lazy), so a truncated one raises here
-        if image.mode in HIGH_DEPTH_MODES:
-            image = _stretch_to_8_bit(image)
-        image = image.convert("L" if channels == 1 else "RGB")
-        image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-        pixels = np.array(image, dtype=np.uint8)  # a writable copy, as torch.from_numpy wants
+    image = decode_image(path).convert("L" if channels == 1 else "RGB")
+    image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    pixels = np.array(image, dtype=np.uint8)  # a writable copy, as torch.from_numpy wants
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
 
 

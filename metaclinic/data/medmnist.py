@@ -265,6 +265,11 @@ def load_pool(path: Path, name: str, labels: list[int], image_splits: list[str],
                     raise DataError(f"{path}: key {key!r} is missing; the file has {archive.files}")
             targets.append(_single_labels(archive[f"{split}_labels"], info, path, f"{split}_labels"))
             images.append(_to_nchw(archive[f"{split}_images"], channels, path, f"{split}_images"))
+            if len(targets[-1]) != len(images[-1]):  # else labels would shift onto other images of the file
+                raise DataError(
+                    f"{path}: {split}_labels should have one row per image of {split}_images "
+                    f"({len(images[-1])}), got {len(targets[-1])}"
+                )
     except (zipfile.BadZipFile, EOFError, OSError) as error:
         raise DataError(
             f"{path} is not a readable .npz file ({error}); delete it and download it again"
