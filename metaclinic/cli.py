@@ -236,6 +236,9 @@ class MetaClinicCLI(LightningCLI):
                 callback.class_path = f"{StepEndCheckpoint.__module__}.{StepEndCheckpoint.__name__}"
                 if not callback.init_args.get("dirpath"):
                     callback.init_args.dirpath = str(run_dir / "checkpoints")
+                    # The folder is this run's alone: a name taken can only be this run's own file of the
+                    # same step, left by a run killed after saving it, which the resume saves again.
+                    callback.init_args.enable_version_counter = False
         self.run_dir = run_dir
 
     def after_instantiate_classes(self) -> None:

@@ -14,9 +14,11 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -262,6 +264,62 @@ def test_sigterm_then_sigkill_resume_to_the_uninterrupted_result(
     assert_same_outcome(outcome(reference), outcome(last.parent.parent))
 
 
+class KillDuringSave(Callback):
+    """SIGKILLs its own process during the ``save``-th save of ``last.ckpt``: the new file is written and
+    synced beside the target but not yet moved over it, the moment a cross-filesystem move used to truncate
+    ``last.ckpt``."""
+
+    def __init__(self, save: int) -> None:
+        self.save = save
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        replace, saves = os.replace, []
+
+        def replace_or_die(source, target, *args, **kwargs):
+            if Path(target).name == "last.ckpt":
+                saves.append(target)
+                if len(saves) == self.save:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return replace(source, target, *args, **kwargs)
+
+        os.replace = replace_or_die  # this process is killed by it: nothing to restore
+
+
+def other_filesystem(path: Path) -> Path | None:
+    """A writable folder on another filesystem than ``path`` (tmpfs ``/dev/shm``), if this machine has one."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK) and shm.stat().st_dev != path.stat().st_dev:
+        return shm
+    return None
+
+
+def test_sigkill_during_a_save_with_tmpdir_on_another_filesystem_resumes_exactly(
+    config: Path, reference: Path, tmp_path: Path
+):
+    shm = other_filesystem(tmp_path)
+    if shm is None:
+        pytest.skip("no writable tmpfs at /dev/shm on another filesystem than the test's temporary folder")
+    tmpdir = Path(tempfile.mkdtemp(dir=shm, prefix="metaclinic-test-"))
+    try:
+        kill = {"class_path": f"{__name__}.KillDuringSave", "init_args": {"save": 3}}
+        killed = fit(config, tmp_path, "--trainer.logger=false", f"--trainer.callbacks+={json.dumps(kill)}",
+                     TMPDIR=str(tmpdir))  # fmt: skip
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+        checkpoints = run_dir_of(tmp_path) / "checkpoints"
+        # The third save (step 12) died before its move: the second (step 8) is intact, the partial beside it.
+        assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 8
+        assert [p.name for p in checkpoints.glob(".last.ckpt.*.partial")]
+        staged = [p for p in tmpdir.iterdir() if "wandb" not in p.name]  # (wandb's import makes folders)
+        assert not staged  # no checkpoint staged in $TMPDIR
+
+        resumed = fit(config, tmp_path, "--trainer.logger=false", "--ckpt_path=last", TMPDIR=str(tmpdir))
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert not list(checkpoints.glob(".*.partial"))  # cleaned at the resume
+        assert_same_outcome(outcome(reference), outcome(checkpoints.parent))
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
 class _WritesMarker:
     """Unpickling this calls ``open(marker, "w")``: a stand-in for any code a checkpoint could carry."""
 
@@ -286,7 +344,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(
     with pytest.raises(SystemExit) as exit_info:
         main(["--config", str(config), "--trainer.logger=false", f"--ckpt_path={evil}"])
     message = str(exit_info.value.code)
-    assert message.startswith(f"metaclinic: error: --ckpt_path {evil} was not loaded"), message
+    assert message.startswith(f"metaclinic: error: {evil} was not loaded"), message
     assert "could run code" in message and "GLOBAL" in message
     assert not marker.exists()
 
