@@ -380,3 +380,12 @@ def test_protonet_learns_the_classes_of_an_image_folder(tmp_path: Path):
     print(f"ProtoNet on an image folder: {before} -> {after}")
     assert after.mean - after.ci95 > 0.5, f"5-way accuracy {after} (chance is 20%)"
     assert after.mean > before.mean + 0.2, f"meta-training did not help: {before} -> {after}"
+
+
+def test_a_float_tiff_with_nan_pixels_is_an_error_naming_it(tmp_path: Path):
+    pixels = np.linspace(0, 1, 16 * 16, dtype=np.float32).reshape(16, 16)
+    pixels[3, 4] = np.nan
+    path = tmp_path / "nan.tif"
+    tifffile.imwrite(path, pixels)
+    with pytest.raises(ValueError, match=r"1 of 256 pixel values are NaN or infinite"):
+        read_image(path, channels=1, image_size=16)

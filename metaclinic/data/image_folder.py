@@ -57,6 +57,9 @@ def _stretch_to_8_bit(pixels: np.ndarray) -> np.ndarray:
     almost black; a constant image becomes black. Colour channels share one range, so hues are kept.
     """
     pixels = np.asarray(pixels, dtype=np.float64)
+    if not np.isfinite(pixels).all():  # a NaN would make the whole image black, silently
+        bad = int((~np.isfinite(pixels)).sum())
+        raise ValueError(f"{bad} of {pixels.size} pixel values are NaN or infinite; expected finite values")
     low, high = float(pixels.min()), float(pixels.max())
     scaled = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
     return np.rint(scaled).astype(np.uint8)
