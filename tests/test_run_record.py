@@ -29,10 +29,20 @@ def _no_pytest_argv(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "argv", ["metaclinic.fit"])
 
 
+@pytest.fixture(scope="module")
+def template_run(medmnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["metaclinic.fit"])
+        return fit_in_process(fit_args(medmnist_root, tmp_path_factory.mktemp("template") / "runs", *SHORT))
+
+
 @pytest.fixture
-def finished_run(medmnist_root: Path, tmp_path: Path) -> Path:
-    """A short quickstart run (2-shot, 4 steps) with its record and checkpoints."""
-    return fit_in_process(fit_args(medmnist_root, tmp_path / "runs", *SHORT))
+def finished_run(template_run: Path, tmp_path: Path) -> Path:
+    """A short quickstart run (2-shot, 4 steps) with its record and checkpoints: a copy of one run, under
+    ``tmp_path/runs`` (a changed ``runs_dir`` only changes where the run is, and may change on resume)."""
+    copy = tmp_path / "runs" / template_run.parent.name / template_run.name
+    shutil.copytree(template_run, copy)
+    return copy
 
 
 def fails_with(function, args: list[str]) -> str:
@@ -66,7 +76,9 @@ def test_a_resume_that_changes_what_is_learned_is_refused_and_the_record_kept(
     assert torch.load(finished_run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 4
 
 
-def test_an_allowed_change_is_recorded_beside_the_unchanged_config(finished_run: Path, medmnist_root: Path):
+def test_an_allowed_change_is_recorded_beside_the_unchanged_config(medmnist_root: Path, tmp_path: Path):
+    # A run of its own, not a copy: resuming a moved run makes Lightning keep the old best_model_path.
+    finished_run = fit_in_process(fit_args(medmnist_root, tmp_path / "runs", *SHORT))
     record = (finished_run / "config.yaml").read_bytes()
     args = fit_args(medmnist_root, finished_run.parent.parent, *SHORT)
     fit_in_process([*args, "--ckpt_path=last", "--trainer.max_steps=6", "--model.init_args.inner_lr=0.1",
