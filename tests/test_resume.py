@@ -1,4 +1,8 @@
-"""A run stopped mid-training and resumed from its checkpoint ends exactly where an uninterrupted run does."""
+"""A run stopped mid-training and resumed from its checkpoint ends exactly where an uninterrupted run does.
+
+The runs augment their images (crops, flips, jitter): augmentation is seeded by the episode, so a resumed
+run must see the very images the uninterrupted one saw.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import torch
 from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from metaclinic.data.augmentation import ImageAugmentation
 from metaclinic.errors import DataError
 
 from .test_maml import make_maml, quiet_trainer
@@ -27,7 +32,7 @@ class CrashAt(Callback):
 
 def train(make_datamodule, ckpt_dir: Path, crash_at: int | None = None, ckpt_path: str | None = None):
     seed_everything(0)
-    data = make_datamodule(meta_batches_per_epoch=6)
+    data = make_datamodule(meta_batches_per_epoch=6, augmentation=ImageAugmentation(vertical_flip=True))
     model = make_maml()
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=5, save_last=True, save_top_k=-1)
     callbacks = [checkpoint] + ([CrashAt(crash_at)] if crash_at is not None else [])

@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from metaclinic.data.augmentation import ImageAugmentation
 from metaclinic.data.episodes import EpisodeDataset, MetaBatchSampler, ResumableLoader
 from metaclinic.data.pool import ClassPool
 from metaclinic.data.task import TaskBatch
@@ -61,6 +62,8 @@ class EpisodicDataModule(LightningDataModule):
         num_workers: DataLoader worker processes building episodes.
         seed: seed of the training episode stream.
         eval_seed: seed of the validation and test episode sets.
+        augmentation: random transforms of every meta-training image (support and query), seeded by the
+            episode; validation and test images are never augmented. ``None``: no augmentation.
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class EpisodicDataModule(LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         eval_seed: int = 0,
+        augmentation: ImageAugmentation | None = None,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -97,6 +101,7 @@ class EpisodicDataModule(LightningDataModule):
         self.val_episodes, self.test_episodes = val_episodes, test_episodes
         self.eval_meta_batch_size, self.num_workers = eval_meta_batch_size, num_workers
         self.seed, self.eval_seed = seed, eval_seed
+        self.augmentation = augmentation
         self.pools: dict[str, ClassPool] | None = None
         self._train_sampler: MetaBatchSampler | None = None
 
@@ -136,6 +141,11 @@ class EpisodicDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.pools is not None:
             return
+        if self.augmentation is not None and len(self.example_shape) != 3:
+            raise DataError(
+                f"data.augmentation transforms images (channels, height, width), but these examples have "
+                f"shape {tuple(self.example_shape)}; remove data.augmentation"
+            )
         pools = self.build_pools()
         check_disjoint(pools)
         self.pools = pools
@@ -231,8 +241,15 @@ class EpisodicDataModule(LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if not isinstance(batch, TaskBatch):
             return batch
-        if self.trainer is not None and self.trainer.training and self._train_sampler is not None:
+        training = self.trainer is not None and self.trainer.training
+        if training and self._train_sampler is not None:
             self._train_sampler.mark_consumed(batch.meta_batch_index)
         batch.support_x = self.prepare_inputs(batch.support_x)
         batch.query_x = self.prepare_inputs(batch.query_x)
+        if training and self.augmentation is not None:
+            n_support = batch.support_x.shape[1]
+            images = self.augmentation(
+                torch.cat([batch.support_x, batch.query_x], 1), self.seed, batch.episode_index
+            )
+            batch.support_x, batch.query_x = images[:, :n_support], images[:, n_support:]
         return batch
