@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torchmetrics import CatMetric, MeanMetric
 
 from metaclinic.algorithms.adapted import SupportSetClassifier
+from metaclinic.algorithms.initialisation import load_backbone
 from metaclinic.data.pool import ClassPool
 from metaclinic.data.task import Task, TaskBatch
 from metaclinic.metrics import (
@@ -51,6 +52,10 @@ class EpisodicModule(LightningModule):
     Args:
         optimizer: builds the outer-loop (meta) optimizer from the parameters.
         scheduler: optionally builds a learning-rate scheduler, stepped every meta-batch.
+        init_from: a checkpoint of a finished run (any algorithm with a backbone of the same shape, e.g. a
+            SimpleShot run): meta-training starts from its backbone weights ("pretrain, then meta-train", as
+            Meta-Baseline and P>M>F do). Read with ``weights_only=True``; resuming a run ignores it (the
+            resumed checkpoint has the weights).
     """
 
     backward_per_task = False  # True where every task builds its own graph: see training_loss
@@ -61,9 +66,13 @@ class EpisodicModule(LightningModule):
     reference_methods: Sequence[EpisodicModule] = ()
 
     def __init__(
-        self, optimizer: OptimizerCallable = torch.optim.Adam, scheduler: LRSchedulerCallable | None = None
+        self,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: LRSchedulerCallable | None = None,
+        init_from: str | None = None,
     ):
         super().__init__()
+        self.init_from = init_from
         # Records the constructor arguments of the subclass too (Lightning walks the __init__ frames).
         # Modules and factories are left out so checkpoints hold no pickled objects; the CLI stores their
         # config instead, and code that loads a checkpoint by hand passes the backbone again.
@@ -354,6 +363,12 @@ class EpisodicModule(LightningModule):
             for ids in classes.tolist()
         ]
         return torch.tensor(codes, device=classes.device)
+
+    # -- set-up ----------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        # Before Lightning restores a resumed checkpoint, which then overwrites these weights.
+        if stage == "fit" and self.init_from is not None:
+            load_backbone(self.backbone, self.init_from)
 
     # -- optimisation ----------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

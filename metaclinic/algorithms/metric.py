@@ -19,6 +19,7 @@ class MetricModule(EpisodicModule):
         backbone: maps inputs to embeddings.
         optimizer: builds the optimizer from the parameters.
         scheduler: optional learning-rate scheduler, stepped every meta-batch.
+        init_from: checkpoint of a finished run whose backbone weights meta-training starts from.
     """
 
     def __init__(
@@ -26,8 +27,9 @@ class MetricModule(EpisodicModule):
         backbone: nn.Module,
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
+        init_from: str | None = None,
     ) -> None:
-        super().__init__(optimizer, scheduler)
+        super().__init__(optimizer, scheduler, init_from)
         self.backbone = backbone
 
     @property

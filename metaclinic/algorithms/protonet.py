@@ -12,6 +12,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from metaclinic.algorithms.adapted import PrototypeClassifier
+from metaclinic.algorithms.finetune import SupportFineTuning
 from metaclinic.algorithms.metric import MetricModule
 from metaclinic.algorithms.pooling import class_means, prototype_logits
 from metaclinic.data.task import TaskBatch
@@ -24,7 +25,9 @@ class ProtoNet(MetricModule):
         backbone: maps inputs to embeddings.
         distance: ``euclidean`` (squared, as in the paper) or ``cosine``.
         temperature: scale of cosine similarities before the softmax (cosine only).
-        **kwargs: ``optimizer`` and ``scheduler``.
+        support_finetuning: fine-tune the backbone on each support set at validation and test (P>M>F,
+            :mod:`metaclinic.algorithms.finetune`); ``None``: score with the meta-trained backbone.
+        **kwargs: ``optimizer``, ``scheduler`` and ``init_from``.
     """
 
     def __init__(
@@ -32,15 +35,28 @@ class ProtoNet(MetricModule):
         backbone: nn.Module,
         distance: Literal["euclidean", "cosine"] = "euclidean",
         temperature: float = 10.0,
+        support_finetuning: SupportFineTuning | None = None,
         **kwargs,
     ) -> None:
         super().__init__(backbone, **kwargs)
         self.distance, self.temperature = distance, temperature
+        self.support_finetuning = support_finetuning
 
-    def score_tasks(self, batch: TaskBatch) -> Tensor:
-        support, query = self.embed_episodes(self.backbone, batch)
-        prototypes = class_means(support, batch.support_y, batch.n_way)
+    def episode_logits(self, support: Tensor, support_y: Tensor, query: Tensor, n_way: int) -> Tensor:
+        prototypes = class_means(support, support_y, n_way)
         return prototype_logits(query, prototypes, self.distance, self.temperature)
 
+    def score_tasks(self, batch: TaskBatch) -> Tensor:
+        if self.support_finetuning is not None and not self.training:
+            return self.support_finetuning.score_tasks(self.backbone, batch, self.episode_logits)
+        support, query = self.embed_episodes(self.backbone, batch)
+        return self.episode_logits(support, batch.support_y, query, batch.n_way)
+
     def adapted_classifier(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> nn.Module:
-        return PrototypeClassifier(self.backbone, support_x, support_y, self.distance, self.temperature)
+        backbone = self.backbone
+        if self.support_finetuning is not None:
+            n_way = int(support_y.max()) + 1
+            backbone = self.support_finetuning.tuned_backbone(
+                backbone, support_x, support_y, n_way, self.episode_logits
+            )
+        return PrototypeClassifier(backbone, support_x, support_y, self.distance, self.temperature)

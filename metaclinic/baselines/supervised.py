@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaclinic.algorithms.adapted import AdaptedHead, one_episode
+from metaclinic.algorithms.adapted import AdaptedHead, SupportSetClassifier, one_episode
 from metaclinic.algorithms.base import EpisodicModule, full_precision
+from metaclinic.algorithms.finetune import SupportFineTuning
 from metaclinic.algorithms.pooling import class_means, cosine_logits
 from metaclinic.data.task import TaskBatch
 from metaclinic.errors import DataError
@@ -60,6 +61,7 @@ class SupervisedPretraining(EpisodicModule):
         return nn.Linear(self.backbone.out_features, num_classes)
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         data = self.trainer.datamodule
         if data is None:
             if self.classifier is None:
@@ -105,20 +107,45 @@ class SimpleShot(SupervisedPretraining):
     Args:
         backbone: maps inputs to embeddings.
         num_classes: outputs of the pretraining classifier (default: the meta-train classes).
+        support_finetuning: fine-tune the backbone on each support set at validation and test (P>M>F,
+            :mod:`metaclinic.algorithms.finetune`); ``None``: score with the pretrained backbone.
         **kwargs: ``optimizer`` and ``scheduler``.
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int | None = None,
+        support_finetuning: SupportFineTuning | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(backbone, num_classes, **kwargs)
+        self.support_finetuning = support_finetuning
 
-    def score_tasks(self, batch: TaskBatch) -> Tensor:
-        support, query = self.embed_episodes(self.backbone, batch)
+    def episode_logits(self, support: Tensor, support_y: Tensor, query: Tensor, n_way: int) -> Tensor:
         centre = support.mean(1, keepdim=True)
         support, query = F.normalize(support - centre, dim=-1), F.normalize(query - centre, dim=-1)
-        centroids = class_means(support, batch.support_y, batch.n_way)
+        centroids = class_means(support, support_y, n_way)
         # By definition rather than torch.cdist, whose algorithm changes with the batch size (above 25 rows),
         # which torch.export cannot follow: the adapted model then exports for any number of cases.
         return -(query.unsqueeze(2) - centroids.unsqueeze(1)).norm(dim=-1)
+
+    def score_tasks(self, batch: TaskBatch) -> Tensor:
+        if self.support_finetuning is not None and not self.training:
+            return self.support_finetuning.score_tasks(self.backbone, batch, self.episode_logits)
+        support, query = self.embed_episodes(self.backbone, batch)
+        return self.episode_logits(support, batch.support_y, query, batch.n_way)
+
+    def adapted_classifier(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> nn.Module:
+        if self.support_finetuning is None:
+            return super().adapted_classifier(support_x, support_y, query_x)
+        n_way = int(support_y.max()) + 1
+        tuned = copy.deepcopy(self)  # with the backbone fine-tuned once, here, and scored plainly after
+        tuned.support_finetuning = None
+        tuned.backbone = self.support_finetuning.tuned_backbone(
+            self.backbone, support_x, support_y, n_way, self.episode_logits
+        )
+        return SupportSetClassifier(tuned, support_x, support_y)
 
 
 class Baseline(SupervisedPretraining):

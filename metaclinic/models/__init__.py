@@ -6,5 +6,7 @@ module's ``example_shape``, so a config never repeats it.
 
 from metaclinic.models.conv4 import Conv4
 from metaclinic.models.mlp import MLP
+from metaclinic.models.pretrained import PretrainedBackbone
+from metaclinic.models.resnet12 import ResNet12
 
-__all__ = ["MLP", "Conv4"]
+__all__ = ["MLP", "Conv4", "PretrainedBackbone", "ResNet12"]
