@@ -141,3 +141,30 @@ def test_bad_class_selectors(selector: str, message: str):
 def test_unknown_image_split_key():
     with pytest.raises(ValueError, match="unknown key"):
         MedMNISTEpisodes(**SPLIT, image_splits={"meta_tset": ["test"]})
+
+
+# -- MedMNIST+ (64, 128, 224 px) -----------------------------------------------------------------------------
+def test_larger_medmnist_plus_files_read_like_the_28_pixel_ones(tmp_path: Path):
+    root = tmp_path / "medmnist"
+    write_synthetic_medmnist(root, "organamnist", per_class=8, size=64)
+    write_synthetic_medmnist(root, "bloodmnist", per_class=8, size=64)
+    assert sorted(p.name for p in root.iterdir()) == ["bloodmnist_64.npz", "organamnist_64.npz"]
+    data = MedMNISTEpisodes(**SPLIT, root=str(root), size=64, n_way=5, n_shot=2, n_query=2)
+    assert data.example_shape == (3, 64, 64)
+    data.setup("fit")
+    task, _ = data._episodes("meta_test", 0, 1)[0]
+    assert task.support_x.shape == (10, 3, 64, 64)
+    with pytest.raises(FileNotFoundError, match=r"organamnist_128\.npz(.|\n)*files/organamnist_128\.npz"):
+        MedMNISTEpisodes(**SPLIT, root=str(root), size=128).prepare_data()
+
+
+def test_a_file_of_another_size_and_an_unknown_size_are_refused(tmp_path: Path):
+    path = write_synthetic_medmnist(tmp_path, "bloodmnist", per_class=2)
+    with pytest.raises(DataError, match=r"train_images are \(28, 28\) pixels, expected \(64, 64\)"):
+        medmnist.load_pool(path, "bloodmnist", [0], ["train"], channels=3, size=64)
+    with pytest.raises(DataError, match="image size 32 does not exist"):
+        MedMNISTEpisodes(**SPLIT, size=32)
+
+
+def test_every_medmnist_plus_file_has_its_checksum():
+    assert all((name, size) in medmnist.PLUS_MD5 for name in medmnist.MEDMNIST_2D for size in (64, 128, 224))

@@ -1,11 +1,13 @@
-"""MedMNIST v2 (2D, 28x28) as a source of classes: every (dataset, label) pair is one class.
+"""MedMNIST v2 (2D, 28x28) and MedMNIST+ (64, 128, 224 px) as a source of classes: every (dataset, label)
+pair is one class.
 
 Reads the official ``.npz`` files (``train_images``, ``train_labels``, ``val_*``, ``test_*``). Labels may be
 ``(N,)`` or ``(N, 1)``; multi-label files (ChestMNIST, ``(N, 14)``) contribute, for each finding, the images
 that have exactly that one finding, and the number of images left out is logged, never dropped silently.
 
 Yang et al., "MedMNIST v2 - A large-scale lightweight benchmark for 2D and 3D biomedical image
-classification", Scientific Data 10, 41 (2023). Licence CC BY 4.0.
+classification", Scientific Data 10, 41 (2023). Licence CC BY 4.0. The larger MedMNIST+ images are the
+same images at 64, 128 and 224 pixels (``<name>_64.npz`` ...), in the same record and layout.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 RECORD_URL = "https://zenodo.org/records/10519652/files"
 IMAGE_SPLITS = ("train", "val", "test")
+SIZES = (28, 64, 128, 224)
 
 
 @dataclass(frozen=True)
@@ -154,14 +157,66 @@ MEDMNIST_2D: dict[str, MedMNISTInfo] = {
 }
 
 
+# MD5 of the MedMNIST+ files (``<name>_<size>.npz``), from ``medmnist.info.INFO`` v3.0.2.
+PLUS_MD5: dict[tuple[str, int], str] = {
+    ("pathmnist", 64): "55aa9c1e0525abe5a6b9d8343a507616",
+    ("pathmnist", 128): "ac42d08fb904d92c244187169d1fd1d9",
+    ("pathmnist", 224): "2c51a510bcdc9cf8ddb2af93af1eadec",
+    ("chestmnist", 64): "9de6cd0b934ebb5b7426cfba5efbae16",
+    ("chestmnist", 128): "db107e5590b27930b62dbaf558aebee3",
+    ("chestmnist", 224): "45bd33e6f06c3e8cdb481c74a89152aa",
+    ("dermamnist", 64): "b70a2f5635c6199aeaa28c31d7202e1f",
+    ("dermamnist", 128): "2defd784463fa5243564e855ed717de1",
+    ("dermamnist", 224): "8974907d8e169bef5f5b96bc506ae45d",
+    ("octmnist", 64): "e229e9440236b774d9f0dfef9d07bdaf",
+    ("octmnist", 128): "0a97e76651ace45c5d943ee3f65b63ae",
+    ("octmnist", 224): "abc493b6d529d5de7569faaef2773ba3",
+    ("pneumoniamnist", 64): "8f4eceb4ccffa70c672198ea285246c6",
+    ("pneumoniamnist", 128): "05b46931834c231683c68f40c47b2971",
+    ("pneumoniamnist", 224): "d6a3c71de1b945ea11211b03746c1fe1",
+    ("retinamnist", 64): "afda852cc34dcda56f86ad2b2457dbcc",
+    ("retinamnist", 128): "e48e916a24454daf90583d4e6efb1a18",
+    ("retinamnist", 224): "eae7e3b6f3fcbda4ae613ebdcbe35348",
+    ("breastmnist", 64): "742edef2a1fd1524b2efff4bd7ba9364",
+    ("breastmnist", 128): "363e4b3f8d712e9b5de15470a2aaadf1",
+    ("breastmnist", 224): "b56378a6eefa9fed602bb16d192d4c8b",
+    ("bloodmnist", 64): "2b94928a2ae4916078ca51e05b6b800b",
+    ("bloodmnist", 128): "adace1e0ed228fccda1f39692059dd4c",
+    ("bloodmnist", 224): "b718ff6835fcbdb22ba9eacccd7b2601",
+    ("tissuemnist", 64): "123ece2eba09d0aa5d698fda57103344",
+    ("tissuemnist", 128): "61b955355d7425a89687b06cca3ce0c2",
+    ("tissuemnist", 224): "b077128c4a949f0a4eb01517f9037b9c",
+    ("organamnist", 64): "2dcccc29b88e6da5a01161ef20cda288",
+    ("organamnist", 128): "eeae80d0a227a8d099027e1b3cfd3b60",
+    ("organamnist", 224): "50747347e05c87dd3aaf92c49f9f3170",
+    ("organcmnist", 64): "3ce34a8724ea6f548e6db4744d03b6a9",
+    ("organcmnist", 128): "773c1f009daa3fe5d9a2a201b2a7ed94",
+    ("organcmnist", 224): "050f5e875dc056f6768abf94ec9995d1",
+    ("organsmnist", 64): "53a6d115339d874c25e309a994ff46d3",
+    ("organsmnist", 128): "ded0c5fa01a95dc4978b956f613e9b8e",
+    ("organsmnist", 224): "b354719e553fbbb2513d5533f52a4cb1",
+}
+
+
 def dataset_info(name: str) -> MedMNISTInfo:
     if name not in MEDMNIST_2D:
         raise DataError(f"unknown MedMNIST dataset {name!r}; expected one of {sorted(MEDMNIST_2D)}")
     return MEDMNIST_2D[name]
 
 
-def file_url(name: str) -> str:
-    return f"{RECORD_URL}/{name}.npz?download=1"
+def file_name(name: str, size: int = 28) -> str:
+    """The official file of ``name`` at ``size`` pixels: ``<name>.npz`` at 28, ``<name>_<size>.npz`` above."""
+    if size not in SIZES:
+        raise DataError(f"MedMNIST image size {size} does not exist; expected one of {list(SIZES)}")
+    return f"{name}.npz" if size == 28 else f"{name}_{size}.npz"
+
+
+def file_url(name: str, size: int = 28) -> str:
+    return f"{RECORD_URL}/{file_name(name, size)}?download=1"
+
+
+def file_md5(name: str, size: int = 28) -> str:
+    return dataset_info(name).md5 if size == 28 else PLUS_MD5[(name, size)]
 
 
 def md5sum(path: Path) -> str:
@@ -172,32 +227,30 @@ def md5sum(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download(name: str, root: Path) -> Path:
+def download(name: str, root: Path, size: int = 28) -> Path:
     """Fetches the official file into ``root`` and checks its MD5; a partial download never stays behind."""
-    info, target, url = dataset_info(name), root / f"{name}.npz", file_url(name)
+    md5, target, url = file_md5(name, size), root / file_name(name, size), file_url(name, size)
     root.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".npz.part")
     log.info("Downloading %s from %s", target.name, url)
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
             shutil.copyfileobj(response, out)
-        if (got := md5sum(partial)) != info.md5:
-            raise DataError(
-                f"{url} downloaded with MD5 {got}, expected {info.md5}; nothing was saved, try again"
-            )
+        if (got := md5sum(partial)) != md5:
+            raise DataError(f"{url} downloaded with MD5 {got}, expected {md5}; nothing was saved, try again")
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
     return target
 
 
-def locate(names: list[str], root: Path, allow_download: bool) -> dict[str, Path]:
-    """Returns the file of every dataset, downloading missing ones only when allowed."""
-    paths = {name: root / f"{name}.npz" for name in names}
+def locate(names: list[str], root: Path, allow_download: bool, size: int = 28) -> dict[str, Path]:
+    """Returns the file of every dataset at ``size`` pixels, downloading missing ones only when allowed."""
+    paths = {name: root / file_name(name, size) for name in names}
     missing = [name for name, path in paths.items() if not path.is_file()]
     if not missing:
         return paths
-    listed = "\n".join(f"  {paths[name]}  <- {file_url(name)}" for name in missing)
+    listed = "\n".join(f"  {paths[name]}  <- {file_url(name, size)}" for name in missing)
     where = (
         "point data.init_args.root (or METACLINIC_DATA_DIR, whose medmnist/ sub-folder is used) at a folder "
         "that holds them"
@@ -210,10 +263,10 @@ def locate(names: list[str], root: Path, allow_download: bool) -> dict[str, Path
         )
     for name in missing:
         try:
-            download(name, root)
+            download(name, root, size)
         except OSError as error:
             raise MissingDataError(
-                f"Could not download {file_url(name)} ({error}); this machine seems to be offline. "
+                f"Could not download {file_url(name, size)} ({error}); this machine seems to be offline. "
                 f"On a machine that is online, download\n{listed}\nand copy the files to {root}, or {where}."
             ) from error
     return paths
@@ -250,7 +303,9 @@ def _single_labels(labels: np.ndarray, info: MedMNISTInfo, path: Path, key: str)
     return labels.astype(np.int64)
 
 
-def load_pool(path: Path, name: str, labels: list[int], image_splits: list[str], channels: int) -> ClassPool:
+def load_pool(
+    path: Path, name: str, labels: list[int], image_splits: list[str], channels: int, size: int = 28
+) -> ClassPool:
     """Reads the images of the given labels from the given official splits of one dataset file."""
     info = dataset_info(name)
     unknown = [s for s in image_splits if s not in IMAGE_SPLITS]
@@ -265,6 +320,11 @@ def load_pool(path: Path, name: str, labels: list[int], image_splits: list[str],
                     raise DataError(f"{path}: key {key!r} is missing; the file has {archive.files}")
             targets.append(_single_labels(archive[f"{split}_labels"], info, path, f"{split}_labels"))
             images.append(_to_nchw(archive[f"{split}_images"], channels, path, f"{split}_images"))
+            if tuple(images[-1].shape[-2:]) != (size, size):
+                raise DataError(
+                    f"{path}: {split}_images are {tuple(images[-1].shape[-2:])} pixels, expected "
+                    f"({size}, {size}) for data.size={size}"
+                )
             if len(targets[-1]) != len(images[-1]):  # else labels would shift onto other images of the file
                 raise DataError(
                     f"{path}: {split}_labels should have one row per image of {split}_images "

@@ -51,6 +51,8 @@ class MedMNISTEpisodes(EpisodicDataModule):
             (``./data/medmnist`` when that variable is unset).
         image_splits: official image splits per meta-split, e.g. ``{"meta_test": ["val", "test"]}``.
         download: fetch missing official files (needs a connection to zenodo.org).
+        size: image size in pixels: 28 (MedMNIST v2, ``<name>.npz``) or 64, 128, 224 (MedMNIST+,
+            ``<name>_<size>.npz``).
         **kwargs: episode settings of :class:`EpisodicDataModule` (n_way, n_shot, n_query, ...).
     """
 
@@ -62,9 +64,12 @@ class MedMNISTEpisodes(EpisodicDataModule):
         root: str | None = None,
         image_splits: dict[str, list[str]] | None = None,
         download: bool = False,
+        size: int = 28,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        medmnist.file_name("", size)  # raises for a size MedMNIST does not have
+        self.size = size
         self.selectors = {"meta_train": meta_train, "meta_val": meta_val, "meta_test": meta_test}
         self.classes = {
             split: [parse_selector(s, split) for s in sel] for split, sel in self.selectors.items()
@@ -80,13 +85,13 @@ class MedMNISTEpisodes(EpisodicDataModule):
 
     @property
     def example_shape(self) -> tuple[int, int, int]:
-        return (self.channels, 28, 28)
+        return (self.channels, self.size, self.size)
 
     def prepare_data(self) -> None:
-        medmnist.locate(self.datasets, self.root, self.download)
+        medmnist.locate(self.datasets, self.root, self.download, self.size)
 
     def build_pools(self) -> dict[str, ClassPool]:
-        paths = medmnist.locate(self.datasets, self.root, allow_download=False)
+        paths = medmnist.locate(self.datasets, self.root, allow_download=False, size=self.size)
         pools = {}
         for split, chosen in self.classes.items():
             labels_of: dict[str, list[int]] = {}
@@ -94,7 +99,9 @@ class MedMNISTEpisodes(EpisodicDataModule):
                 labels_of.setdefault(name, []).extend(labels)
             pools[split] = ClassPool.concat(
                 [
-                    medmnist.load_pool(paths[name], name, labels, self.image_splits[split], self.channels)
+                    medmnist.load_pool(
+                        paths[name], name, labels, self.image_splits[split], self.channels, self.size
+                    )
                     for name, labels in labels_of.items()
                 ]
             )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metaclinic.data.medmnist import IMAGE_SPLITS, dataset_info
+from metaclinic.data.medmnist import IMAGE_SPLITS, dataset_info, file_name
 
 
 def write_synthetic_medmnist(
@@ -17,8 +17,10 @@ def write_synthetic_medmnist(
     noise: float = 40.0,
     contrast: float = 20.0,
     flat_labels: bool = False,
+    size: int = 28,
 ) -> Path:
-    """Writes ``root/<name>.npz`` in the official layout, with ``name``'s classes, channels and 28x28 size.
+    """Writes ``root/<name>.npz`` in the official layout, with ``name``'s classes and channels, 28x28 pixels
+    (or ``root/<name>_<size>.npz`` at a MedMNIST+ ``size``).
 
     Each class is a faint random 4x4 pattern (``128 ± contrast``, upsampled to 28x28) under pixel noise of
     standard deviation ``noise``: with the defaults an untrained Conv-4 adapted by MAML is near 50% on 5-way
@@ -29,12 +31,15 @@ def write_synthetic_medmnist(
     info, rng = dataset_info(name), np.random.default_rng(seed)
     num_classes, channels = len(info.labels), info.channels
     shape = (num_classes, 4, 4, channels)
-    templates = (128 + rng.uniform(-contrast, contrast, size=shape)).repeat(7, axis=1).repeat(7, axis=2)
+    block = size // 4
+    templates = (
+        (128 + rng.uniform(-contrast, contrast, size=shape)).repeat(block, axis=1).repeat(block, axis=2)
+    )
     arrays = {}
     for split in IMAGE_SPLITS:
         count = per_class if isinstance(per_class, int) else per_class[split]
         labels = np.repeat(np.arange(num_classes), count)
-        images = templates[labels] + rng.normal(0, noise, size=(len(labels), 28, 28, channels))
+        images = templates[labels] + rng.normal(0, noise, size=(len(labels), size, size, channels))
         images = np.clip(images, 0, 255).astype(np.uint8)
         if channels == 1:
             images = images[..., 0]
@@ -47,7 +52,7 @@ def write_synthetic_medmnist(
             )
         arrays[f"{split}_images"] = images
     root.mkdir(parents=True, exist_ok=True)
-    path = root / f"{name}.npz"
+    path = root / file_name(name, size)
     np.savez(path, **arrays)
     return path
 
