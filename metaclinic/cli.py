@@ -136,6 +136,13 @@ class MetaClinicCLI(LightningCLI):
             help="fit the model's temperature on the meta-validation episodes after training",
         )
         parser.add_argument(
+            "--meta_test",
+            type=bool,
+            default=True,
+            help="false: stop after training and write the best meta-validation score to validation.json, "
+            "without touching the meta-test episodes (what metaclinic.tune does for every trial)",
+        )
+        parser.add_argument(
             "--allow_config_change",
             type=bool,
             default=False,

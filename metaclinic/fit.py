@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 from pathlib import Path
 
+from lightning.pytorch import Trainer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from metaclinic.calibration import calibrate
 from metaclinic.cli import add_no_learning_baselines, best_checkpoint, build_cli, meta_test
 from metaclinic.compare import show_baselines
-from metaclinic.errors import MetaclinicError
+from metaclinic.errors import DataError, MetaclinicError
 from metaclinic.report import REPORT_FILE, MetaTestReport
+from metaclinic.storage import write_atomically
+
+VALIDATION_FILE = "validation.json"
 
 log = logging.getLogger("metaclinic")
 
@@ -38,6 +43,9 @@ def run(args: list[str] | None = None) -> MetaTestReport | None:
             raise
         if cli.trainer.interrupted:
             return None
+        if not cli.config.meta_test:
+            write_validation_score(cli.trainer, cli.run_dir)
+            return None
         checkpoint = best_checkpoint(cli.trainer)
         if checkpoint and cli.config.calibrate and cli.datamodule.pools["meta_val"].num_classes:
             calibration = calibrate(cli.trainer, cli.model, cli.datamodule, checkpoint)
@@ -48,6 +56,25 @@ def run(args: list[str] | None = None) -> MetaTestReport | None:
     if cli.trainer.is_global_zero:
         show_baselines(cli.run_dir / REPORT_FILE, Path(cli.config.runs_dir), cli.model.is_baseline)
     return report
+
+
+def write_validation_score(trainer: Trainer, run_dir: Path) -> None:
+    """Writes the best ``val/acc`` of the run and its checkpoint to ``<run>/validation.json``."""
+    monitors = [c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None) == "val/acc"]
+    if not monitors or monitors[0].best_model_score is None:
+        raise DataError(
+            "--meta_test=false needs a meta-validation score: a ModelCheckpoint with monitor: val/acc in "
+            "trainer.callbacks and classes in data.init_args.meta_val"
+        )
+    best = monitors[0]
+    record = {
+        "val_acc": float(best.best_model_score),
+        "checkpoint": best.best_model_path,
+        "step": trainer.global_step,
+    }
+    if trainer.is_global_zero:
+        write_atomically(run_dir / VALIDATION_FILE, (json.dumps(record, indent=2) + "\n").encode())
+    log.info("best val/acc %.4f (%s); meta-test not run", record["val_acc"], best.best_model_path)
 
 
 def main(args: list[str] | None = None) -> None:

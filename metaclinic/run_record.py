@@ -34,6 +34,7 @@ RUNTIME_SETTINGS = (
     "runs_dir",
     "calibrate",
     "no_learning_baselines",
+    "meta_test",
     "data.init_args.root",
     "data.init_args.download",
     "data.init_args.num_workers",
