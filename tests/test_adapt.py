@@ -13,7 +13,18 @@ from PIL import Image
 
 from metaclinic.adapt import load_meta_trained, main, probability_column
 from metaclinic.adaptation import adapted_classifier, check_support, class_probabilities, export_classifier
-from metaclinic.algorithms import ANIL, MAML, MatchingNet, MetaSGD, ProtoNet, RelationNet, Reptile, Siamese
+from metaclinic.algorithms import (
+    ANIL,
+    MAML,
+    MAMLPlusPlus,
+    MatchingNet,
+    MetaSGD,
+    ProtoNet,
+    RelationNet,
+    Reptile,
+    Siamese,
+)
+from metaclinic.algorithms.finetune import SupportFineTuning
 from metaclinic.baselines import Baseline, BaselinePlusPlus, SimpleShot
 from metaclinic.data.cases import ImageCases, TableCases
 from metaclinic.data.datamodule import DATA_DIR_ENV
@@ -193,9 +204,21 @@ def test_an_image_model_adapts_to_class_folders(image_checkpoint: Path, tmp_path
 
 
 # -- every algorithm -----------------------------------------------------------------------------------------
+def mamlpp_with_rates(backbone: torch.nn.Module) -> MAMLPlusPlus:
+    """MAML++ whose learned step sizes differ per step and tensor (and from ``inner_lr``), as after training.
+
+    Evaluation's third step takes the second (last trained) row's rates.
+    """
+    model = MAMLPlusPlus(backbone, n_way=3, train_steps=2, eval_steps=3)
+    with torch.no_grad():
+        model.inner_lrs.copy_(torch.linspace(0.02, 0.3, model.inner_lrs.numel()).view_as(model.inner_lrs))
+    return model
+
+
 ALGORITHMS = {
     "MAML": lambda b: MAML(b, n_way=3, eval_steps=2),
     "MetaSGD": lambda b: MetaSGD(b, n_way=3, eval_steps=2),
+    "MAMLPlusPlus": lambda b: mamlpp_with_rates(b),
     "Reptile": lambda b: Reptile(b, n_way=3, eval_steps=2),
     "ANIL": lambda b: ANIL(b, n_way=3, eval_steps=2),
     "ProtoNet": lambda b: ProtoNet(b),
@@ -207,6 +230,13 @@ ALGORITHMS = {
     "Baseline": lambda b: Baseline(b, num_classes=4, finetune_steps=20),
     "Baseline++": lambda b: BaselinePlusPlus(b, num_classes=4, finetune_steps=20),
 }
+# Support fine-tuning augments images: Conv-4 only.
+FINETUNED = {
+    "ProtoNet-finetuned": lambda b: ProtoNet(b, support_finetuning=SupportFineTuning(steps=3)),
+    "SimpleShot-finetuned": lambda b: SimpleShot(
+        b, num_classes=4, support_finetuning=SupportFineTuning(steps=3)
+    ),
+}
 
 
 @pytest.mark.parametrize(
@@ -216,12 +246,13 @@ ALGORITHMS = {
         ("ANIL", "conv4"),
         ("ProtoNet", "conv4"),
         ("Baseline", "conv4"),
+        *((name, "conv4") for name in FINETUNED),
     ],
 )
 def test_the_exported_model_gives_the_evaluation_probabilities(algorithm: str, backbone: str):
     shape = (10,) if backbone == "mlp" else (1, 16, 16)
     network = MLP(shape, hidden=8) if backbone == "mlp" else Conv4(shape, hidden=4)
-    model = ALGORITHMS[algorithm](network)
+    model = {**ALGORITHMS, **FINETUNED}[algorithm](network)
     support_x, support_y = torch.randn(7, *shape), torch.tensor([0, 0, 1, 1, 1, 2, 2])
     query_x = torch.randn(30, *shape)  # more than 25: torch.cdist's algorithm changes there
     expected = class_probabilities(model, support_x, support_y, query_x)

@@ -29,6 +29,10 @@ SETTINGS = {
         {**INNER, "inner_lr": 1.0, "optimizer": functools.partial(torch.optim.Adam, lr=1e-2)},
     ),
     "MetaSGD": (algorithms.MetaSGD, INNER),
+    "MAMLPlusPlus": (  # every switch on: learned rates, multi-step loss, first order for the first steps
+        algorithms.MAMLPlusPlus,
+        {**INNER, "train_steps": 2, "multi_step_loss_steps": 30, "first_order_until_step": 15},
+    ),
     "Reptile": (
         algorithms.Reptile,
         {**INNER, "train_steps": 3, "optimizer": functools.partial(torch.optim.SGD, lr=0.5)},
@@ -79,7 +83,7 @@ def test_metric_methods_evaluate_at_other_ways_and_shots(name: str, make_datamod
     assert build(name) is not None
 
 
-@pytest.mark.parametrize("name", ["MAML", "ANIL", "MetaSGD", "Reptile"])
+@pytest.mark.parametrize("name", ["MAML", "ANIL", "MetaSGD", "MAMLPlusPlus", "Reptile"])
 def test_fixed_head_methods_refuse_other_ways(name: str, make_datamodule):
     with pytest.raises(ValueError, match="5-way head but the episodes are 3-way"):
         quiet_trainer().test(build(name), datamodule=make_datamodule(n_way=3), verbose=False)
@@ -169,7 +173,7 @@ def test_anil_adapts_only_the_head(make_datamodule):
     assert all(p.grad is not None for p in model.backbone.parameters())
 
 
-@pytest.mark.parametrize("name", ["ProtoNet", "MAML"])
+@pytest.mark.parametrize("name", ["ProtoNet", "MAML", "MAMLPlusPlus"])
 def test_channels_last_gives_the_same_scores_and_meta_gradients(name: str, make_datamodule):
     """The memory layout is a speed setting only: same scores and meta-gradients to rounding."""
     data = make_datamodule()
@@ -180,7 +184,7 @@ def test_channels_last_gives_the_same_scores_and_meta_gradients(name: str, make_
     for channels_last in (False, True):
         torch.manual_seed(0)
         backbone = Conv4(data.example_shape, hidden=8, channels_last=channels_last)
-        model = getattr(algorithms, name)(backbone, **({"n_way": 5} if name == "MAML" else {}))
+        model = getattr(algorithms, name)(backbone, **({"n_way": 5} if name.startswith("MAML") else {}))
         scores = model.score_tasks(batch)
         F.cross_entropy(scores.flatten(0, 1), batch.query_y.flatten()).backward()
         results.append((scores.detach(), [p.grad.clone() for p in model.parameters()]))

@@ -1,4 +1,4 @@
-"""MAML on the shared episodic base: it learns, evaluates without inference mode, and checks its inputs."""
+"""MAML and MAML++ on the shared episodic base: learning, evaluation without inference mode, input checks."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import functools
 
 import pytest
 import torch
+import torch.nn.functional as F
 from lightning.pytorch import Trainer, seed_everything
+from torch.utils.data import DataLoader
 
 from benchmarks.common import LiveSavedTensors
 from metaclinic import algorithms
-from metaclinic.algorithms import MAML, MetaSGD
+from metaclinic.algorithms import MAML, MAMLPlusPlus, MetaSGD
 from metaclinic.models import Conv4
 
 
@@ -77,7 +79,8 @@ METRIC = ("ProtoNet", "MatchingNet", "RelationNet", "Siamese")
 
 
 @pytest.mark.parametrize(
-    "algorithm", ["MAML", "FOMAML", "MetaSGD", "ProtoNet", "MatchingNet", "RelationNet", "Siamese"]
+    "algorithm",
+    ["MAML", "FOMAML", "MetaSGD", "MAMLPlusPlus", "ProtoNet", "MatchingNet", "RelationNet", "Siamese"],
 )
 def test_task_by_task_meta_gradient_is_the_one_graph_meta_gradient_in_a_fraction_of_the_memory(
     algorithm: str, make_datamodule
@@ -91,6 +94,8 @@ def test_task_by_task_meta_gradient_is_the_one_graph_meta_gradient_in_a_fraction
         settings = dict(n_way=5, train_steps=2, first_order=algorithm == "FOMAML")
         if algorithm == "MetaSGD":
             model = MetaSGD(Conv4((3, 28, 28), hidden=16), **settings)
+        elif algorithm == "MAMLPlusPlus":  # every switch on: learned rates, multi-step loss, second order
+            model = make_mamlpp(**settings, multi_step_loss_steps=10)
         elif algorithm in METRIC:
             model = getattr(algorithms, algorithm)(Conv4((3, 28, 28), hidden=16))
         else:
@@ -129,3 +134,134 @@ def test_inference_mode_trainer_gets_a_clear_error(make_datamodule):
 def test_head_width_must_match_the_episodes(make_datamodule):
     with pytest.raises(ValueError, match="5-way head but the episodes are 3-way"):
         quiet_trainer().test(make_maml(), datamodule=make_datamodule(n_way=3), verbose=False)
+
+
+# -- MAML++ --------------------------------------------------------------------------------------------------
+def make_mamlpp(**overrides) -> MAMLPlusPlus:
+    settings = dict(
+        n_way=5,
+        inner_lr=0.4,
+        train_steps=2,
+        eval_steps=3,
+        optimizer=functools.partial(torch.optim.Adam, lr=3e-3),
+    )
+    settings.update(overrides)
+    return MAMLPlusPlus(Conv4((3, 28, 28), hidden=16), **settings)
+
+
+def train_batch(make_datamodule, **overrides):
+    data = make_datamodule(**overrides)
+    data.setup()
+    return data.on_after_batch_transfer(next(iter(data.train_dataloader())), 0)
+
+
+@pytest.fixture
+def at_optimizer_step(monkeypatch: pytest.MonkeyPatch):
+    """Sets the optimizer step MAML++ sees (``global_step``, 0 without a Trainer)."""
+
+    def set_step(step: int) -> None:
+        monkeypatch.setattr(MAMLPlusPlus, "global_step", property(lambda self: step))
+
+    return set_step
+
+
+def meta_gradient(model, batch) -> torch.Tensor:
+    loss, _ = model.training_loss(batch)
+    loss.backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+def test_mamlpp_with_every_switch_off_is_maml(make_datamodule):
+    batch = train_batch(make_datamodule)
+    results = {}
+    for cls in (MAML, MAMLPlusPlus):
+        torch.manual_seed(0)
+        settings = dict(n_way=5, inner_lr=0.4, train_steps=2, eval_steps=3)
+        if cls is MAMLPlusPlus:
+            settings.update(learn_inner_lr=False, multi_step_loss_steps=0, first_order_until_step=0)
+        model = cls(Conv4((3, 28, 28), hidden=16), **settings)
+        logits = model.score_tasks(batch)
+        results[cls] = (logits.detach(), meta_gradient(model, batch), model.eval().score_tasks(batch))
+    (logits, grads, eval_logits), (logits_pp, grads_pp, eval_logits_pp) = results.values()
+    assert torch.equal(logits_pp, logits) and torch.equal(eval_logits_pp, eval_logits)
+    assert torch.equal(grads_pp, grads)
+
+
+def test_mamlpp_learned_step_sizes_get_gradients_and_move(make_datamodule):
+    batch = train_batch(make_datamodule)
+    torch.manual_seed(0)
+    model = make_mamlpp(train_steps=2, eval_steps=4)
+    rates = model.inner_lrs
+    assert rates.shape == (2, len(list(model.learner.parameters())))  # a row per training step
+    assert torch.all(rates == 0.4) and any(rates is p for p in model.parameters())
+    before = rates.detach().clone()
+    quiet_trainer(max_steps=1).fit(model, train_dataloaders=DataLoader([batch], batch_size=None))
+    assert rates.grad is not None and (rates.grad != 0).all(), "every step's rate of every tensor learns"
+    assert (rates.detach() != before).all()
+    # Evaluation steps past the trained ones reuse the last row; evaluation keeps no graph to the rates.
+    model.eval()
+    with torch.no_grad():
+        scores = model.score_tasks(batch)
+    assert not scores.requires_grad and scores.shape == (4, 20, 5)
+
+
+def test_mamlpp_refuses_an_eval_inner_lr_it_would_ignore():
+    with pytest.raises(ValueError, match="learns its inner step sizes"):
+        make_mamlpp(eval_inner_lr=0.1)
+    assert make_mamlpp(learn_inner_lr=False, eval_inner_lr=0.1).eval_inner_lr == 0.1
+
+
+def test_mamlpp_multi_step_loss_weights_anneal_onto_the_last_step(at_optimizer_step):
+    model = make_mamlpp(train_steps=4, multi_step_loss_steps=100)
+    at_optimizer_step(0)
+    torch.testing.assert_close(model.step_loss_weights(), torch.full((4,), 0.25))
+    at_optimizer_step(50)  # halfway: the earlier steps lost half their weight to the last
+    torch.testing.assert_close(model.step_loss_weights(), torch.tensor([0.125, 0.125, 0.125, 0.625]))
+    for step in (100, 1000):
+        at_optimizer_step(step)
+        assert torch.equal(model.step_loss_weights(), torch.tensor([0.0, 0.0, 0.0, 1.0]))
+    for step in (0, 37, 99):
+        at_optimizer_step(step)
+        torch.testing.assert_close(model.step_loss_weights().sum(), torch.tensor(1.0))
+    assert torch.equal(make_mamlpp(train_steps=4).step_loss_weights(), torch.tensor([0.0, 0.0, 0.0, 1.0]))
+
+
+def test_mamlpp_multi_step_loss_is_the_weighted_sum_of_every_steps_query_loss(
+    make_datamodule, at_optimizer_step
+):
+    batch = train_batch(make_datamodule)
+    torch.manual_seed(0)
+    model = make_mamlpp(train_steps=3, multi_step_loss_steps=10)
+    at_optimizer_step(5)
+    weights = model.step_loss_weights()
+    scores = model.score_tasks(batch)
+    assert scores.shape == (4, 3, 20, 5)  # tasks, inner steps, queries, classes
+    loss, accuracy = model.query_metrics(scores, batch)
+    per_step = [F.cross_entropy(scores[:, k].flatten(0, 1), batch.query_y.flatten()) for k in range(3)]
+    torch.testing.assert_close(loss, sum(w * s for w, s in zip(weights, per_step, strict=True)))
+    final = (scores[:, -1].argmax(-1) == batch.query_y).float().mean(-1)
+    torch.testing.assert_close(accuracy, final)  # accuracy is the last step's
+    # The last step's logits are MAML++'s without the multi-step loss, and evaluation scores that alone.
+    at_optimizer_step(10)
+    torch.testing.assert_close(model.score_tasks(batch), scores[:, -1])
+    at_optimizer_step(5)
+    with torch.no_grad():
+        assert model.eval().score_tasks(batch).shape == (4, 20, 5)
+
+
+def test_mamlpp_meta_gradient_is_first_order_until_the_switch(make_datamodule, at_optimizer_step):
+    batch = train_batch(make_datamodule, meta_batch_size=2)
+    grads = {}
+    for name, overrides, step in [
+        ("first order", dict(first_order=True), 0),
+        ("second order", {}, 0),
+        ("annealed, before", dict(first_order_until_step=3), 2),
+        ("annealed, after", dict(first_order_until_step=3), 3),
+    ]:
+        torch.manual_seed(0)
+        at_optimizer_step(step)
+        grads[name] = meta_gradient(make_mamlpp(**overrides), batch)
+    assert torch.isfinite(grads["second order"]).all()
+    assert not torch.allclose(grads["first order"], grads["second order"], rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(grads["annealed, before"], grads["first order"])
+    torch.testing.assert_close(grads["annealed, after"], grads["second order"])

@@ -4,6 +4,7 @@ from metaclinic.algorithms.anil import ANIL
 from metaclinic.algorithms.base import EpisodicModule
 from metaclinic.algorithms.inner_loop import InnerLoopModule
 from metaclinic.algorithms.maml import MAML
+from metaclinic.algorithms.maml_plus_plus import MAMLPlusPlus
 from metaclinic.algorithms.matchingnet import MatchingNet
 from metaclinic.algorithms.metasgd import MetaSGD
 from metaclinic.algorithms.metric import MetricModule
@@ -17,6 +18,7 @@ __all__ = [
     "MAML",
     "EpisodicModule",
     "InnerLoopModule",
+    "MAMLPlusPlus",
     "MatchingNet",
     "MetaSGD",
     "MetricModule",

@@ -16,6 +16,8 @@ support sets (``n_way * n_shot`` examples).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -44,6 +46,7 @@ class InnerLoopModule(EpisodicModule):
         first_order: drop second-order terms from the meta-gradient.
         optimizer: outer-loop optimizer.
         scheduler: optional outer-loop learning-rate scheduler.
+        init_from: checkpoint of a finished run whose backbone weights meta-training starts from.
     """
 
     # Each task's inner loop builds a graph of its own: differentiated task by task (see training_loss).
@@ -59,8 +62,9 @@ class InnerLoopModule(EpisodicModule):
         first_order: bool = False,
         optimizer: OptimizerCallable = torch.optim.Adam,
         scheduler: LRSchedulerCallable | None = None,
+        init_from: str | None = None,
     ) -> None:
-        super().__init__(optimizer, scheduler)
+        super().__init__(optimizer, scheduler, init_from)
         self.n_way, self.inner_lr, self.first_order = n_way, inner_lr, first_order
         self.train_steps, self.eval_steps = train_steps, eval_steps
         self.eval_inner_lr = inner_lr if eval_inner_lr is None else eval_inner_lr
@@ -77,11 +81,27 @@ class InnerLoopModule(EpisodicModule):
         # algorithm returns a module with its adapted weights instead.
         raise NotImplementedError(f"{type(self).__name__} does not say what its adapted model is")
 
-    def inner_loop(self, wrapper: nn.Module, support_x: Tensor, support_y: Tensor) -> nn.Module:
+    def inner_step(self, learner: nn.Module, loss: Tensor, step: int, first_order: bool) -> None:
+        """One inner-loop step of ``learner`` on its support loss; ``step`` counts from 0.
+
+        The wrapper's own update (``lr`` times the gradient, or Meta-SGD's learned ``lrs``); a subclass
+        overrides it to choose the step size per step (MAML++).
+        """
+        learner.adapt(loss, first_order=first_order)
+
+    def inner_loop(
+        self,
+        wrapper: nn.Module,
+        support_x: Tensor,
+        support_y: Tensor,
+        on_step: Callable[[nn.Module], None] | None = None,
+    ) -> nn.Module:
         """Returns a clone of ``wrapper`` (learn2learn ``MAML`` or ``MetaSGD``) adapted to the support set.
 
         ``support_x`` may come from an autocast region (ANIL's embeddings); it is cast to the parameters'
-        dtype, and gradients still flow back through the cast.
+        dtype, and gradients still flow back through the cast. ``on_step`` is called with the learner after
+        every step (MAML++ scores the query set there), outside the full-precision region, so a query
+        forward it runs stays under autocast as the final one does.
         """
         if torch.is_inference_mode_enabled():
             raise RuntimeError(
@@ -102,6 +122,9 @@ class InnerLoopModule(EpisodicModule):
                     fast.requires_grad_(meta.requires_grad)
             if hasattr(learner, "lr"):  # MAML's single step size; Meta-SGD learns its own
                 learner.lr = self.inner_lr if training else self.eval_inner_lr
-            for _ in range(steps):
-                learner.adapt(F.cross_entropy(learner(support_x), support_y), first_order=first_order)
+        for step in range(steps):
+            with torch.enable_grad(), full_precision(support_x.device):
+                self.inner_step(learner, F.cross_entropy(learner(support_x), support_y), step, first_order)
+            if on_step is not None:
+                on_step(learner)
         return learner
