@@ -32,6 +32,7 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "FOMAML": ("fomaml_medmnist", []),
     "ANIL": ("anil_medmnist", []),
     "Meta-SGD": ("metasgd_medmnist", []),
+    "MAML++": ("mamlpp_medmnist", []),
     "Reptile": ("reptile_medmnist", []),
     "ProtoNet": ("protonet_medmnist", []),
     "MatchingNet": ("matchingnet_medmnist", []),

@@ -24,6 +24,7 @@ from metaclinic.algorithms.adapted import AdaptedHead, SupportSetClassifier, one
 from metaclinic.algorithms.base import EpisodicModule, full_precision
 from metaclinic.algorithms.finetune import SupportFineTuning
 from metaclinic.algorithms.pooling import class_means, cosine_logits
+from metaclinic.baselines.self_supervised import ContrastiveObjective
 from metaclinic.data.task import TaskBatch
 from metaclinic.errors import DataError
 
@@ -47,15 +48,21 @@ class SupervisedPretraining(EpisodicModule):
         backbone: maps inputs to embeddings of size ``backbone.out_features``.
         num_classes: outputs of the pretraining classifier, one per meta-train class; ``None`` takes the
             number from the datamodule at setup and records it, so a checkpoint reloads without it.
+        unlabelled_weight: weight of the contrastive loss on unlabelled target-domain images
+            (``batch.unlabelled_x``, :mod:`metaclinic.baselines.self_supervised`); 0: none.
         **kwargs: ``optimizer`` and ``scheduler``.
     """
 
     is_baseline = True
 
-    def __init__(self, backbone: nn.Module, num_classes: int | None = None, **kwargs) -> None:
+    def __init__(
+        self, backbone: nn.Module, num_classes: int | None = None, unlabelled_weight: float = 0.0, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         self.backbone = backbone
         self.classifier = None if num_classes is None else self.make_classifier(num_classes)
+        self.unlabelled_weight = unlabelled_weight
+        self.contrastive = ContrastiveObjective(backbone.out_features) if unlabelled_weight > 0 else None
 
     def make_classifier(self, num_classes: int) -> nn.Module:
         return nn.Linear(self.backbone.out_features, num_classes)
@@ -91,6 +98,15 @@ class SupervisedPretraining(EpisodicModule):
     def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
         loss, accuracy = self.supervised_loss(batch)
         self.log_training(loss, accuracy)
+        if self.contrastive is not None:
+            if batch.unlabelled_x is None:
+                raise DataError(
+                    f"{type(self).__name__}: unlabelled_weight > 0 needs unlabelled images with every "
+                    "meta-batch: set data.unlabelled and data.unlabelled_batch_size"
+                )
+            contrastive = self.contrastive(self.backbone, batch.unlabelled_x, batch.meta_batch_index)
+            self.log("train/contrastive_loss", contrastive, batch_size=len(batch))
+            loss = loss + self.unlabelled_weight * contrastive
         return loss
 
 

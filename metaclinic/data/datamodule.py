@@ -64,6 +64,9 @@ class EpisodicDataModule(LightningDataModule):
         eval_seed: seed of the validation and test episode sets.
         augmentation: random transforms of every meta-training image (support and query), seeded by the
             episode; validation and test images are never augmented. ``None``: no augmentation.
+        unlabelled_batch_size: unlabelled images served with every training meta-batch
+            (``batch.unlabelled_x``), drawn seeded by the meta-batch from the source's
+            ``unlabelled_examples`` (e.g. MedMNIST's ``unlabelled`` selectors); 0: none.
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class EpisodicDataModule(LightningDataModule):
         seed: int = 0,
         eval_seed: int = 0,
         augmentation: ImageAugmentation | None = None,
+        unlabelled_batch_size: int = 0,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -102,6 +106,8 @@ class EpisodicDataModule(LightningDataModule):
         self.eval_meta_batch_size, self.num_workers = eval_meta_batch_size, num_workers
         self.seed, self.eval_seed = seed, eval_seed
         self.augmentation = augmentation
+        self.unlabelled_batch_size = unlabelled_batch_size
+        self.unlabelled: torch.Tensor | None = None
         self.pools: dict[str, ClassPool] | None = None
         self._train_sampler: MetaBatchSampler | None = None
 
@@ -118,6 +124,10 @@ class EpisodicDataModule(LightningDataModule):
     def prepare_inputs(self, x: torch.Tensor) -> torch.Tensor:
         """Turns stored examples into model inputs on the device (e.g. uint8 images to floats)."""
         return x
+
+    def unlabelled_examples(self) -> torch.Tensor | None:
+        """Stored examples without labels for training (e.g. unlabelled images of the target domain)."""
+        return None
 
     def supervised_data(self, split: str = "meta_train") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """Every example of ``split`` with a class target, for supervised baselines.
@@ -148,6 +158,12 @@ class EpisodicDataModule(LightningDataModule):
             )
         pools = self.build_pools()
         check_disjoint(pools)
+        self.unlabelled = self.unlabelled_examples()
+        if self.unlabelled_batch_size > 0 and (self.unlabelled is None or len(self.unlabelled) == 0):
+            raise DataError(
+                f"data.unlabelled_batch_size={self.unlabelled_batch_size} but this data has no unlabelled "
+                "examples; name them (MedMNIST: data.unlabelled) or set unlabelled_batch_size: 0"
+            )
         self.pools = pools
         try:
             for split, pool in pools.items():
@@ -246,6 +262,10 @@ class EpisodicDataModule(LightningDataModule):
             self._train_sampler.mark_consumed(batch.meta_batch_index)
         batch.support_x = self.prepare_inputs(batch.support_x)
         batch.query_x = self.prepare_inputs(batch.query_x)
+        if training and self.unlabelled_batch_size > 0 and self.unlabelled is not None:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + batch.meta_batch_index)
+            rows = torch.randint(len(self.unlabelled), (self.unlabelled_batch_size,), generator=generator)
+            batch.unlabelled_x = self.prepare_inputs(self.unlabelled[rows].to(batch.support_x.device))
         if training and self.augmentation is not None:
             n_support = batch.support_x.shape[1]
             images = self.augmentation(

@@ -51,6 +51,11 @@ class MedMNISTEpisodes(EpisodicDataModule):
             (``./data/medmnist`` when that variable is unset).
         image_splits: official image splits per meta-split, e.g. ``{"meta_test": ["val", "test"]}``.
         download: fetch missing official files (needs a connection to zenodo.org).
+        unlabelled: class selectors whose images are served without labels during training
+            (``data.unlabelled_batch_size`` per meta-batch), e.g. the meta-test classes' ``train`` images: the
+            unlabelled cases a hospital has of its new task. Never the meta-test episodes' own images: an
+            image split that a meta-split of the same class draws from is refused.
+        unlabelled_image_splits: official image splits the unlabelled images come from.
         size: image size in pixels: 28 (MedMNIST v2, ``<name>.npz``) or 64, 128, 224 (MedMNIST+,
             ``<name>_<size>.npz``).
         **kwargs: episode settings of :class:`EpisodicDataModule` (n_way, n_shot, n_query, ...).
@@ -65,6 +70,8 @@ class MedMNISTEpisodes(EpisodicDataModule):
         image_splits: dict[str, list[str]] | None = None,
         download: bool = False,
         size: int = 28,
+        unlabelled: list[str] | None = None,
+        unlabelled_image_splits: list[str] | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -74,13 +81,17 @@ class MedMNISTEpisodes(EpisodicDataModule):
         self.classes = {
             split: [parse_selector(s, split) for s in sel] for split, sel in self.selectors.items()
         }
+        self.unlabelled_classes = [parse_selector(s, "unlabelled") for s in unlabelled or []]
+        self.unlabelled_image_splits = list(unlabelled_image_splits or ["train"])
         unknown = set(image_splits or {}) - set(SPLITS)
         if unknown:
             raise DataError(f"data.image_splits: unknown key(s) {sorted(unknown)}; expected {list(SPLITS)}")
         self.image_splits = {**DEFAULT_IMAGE_SPLITS, **(image_splits or {})}
         self.root = Path(root) if root else default_data_root() / "medmnist"
         self.download = download
-        self.datasets = sorted({name for chosen in self.classes.values() for name, _ in chosen})
+        self.check_unlabelled_images()
+        named = [*(c for chosen in self.classes.values() for c in chosen), *self.unlabelled_classes]
+        self.datasets = sorted({name for name, _ in named})
         self.channels = max(medmnist.dataset_info(name).channels for name in self.datasets)
 
     @property
@@ -106,6 +117,32 @@ class MedMNISTEpisodes(EpisodicDataModule):
                 ]
             )
         return pools
+
+    def check_unlabelled_images(self) -> None:
+        """Unlabelled images must be other images than those any meta-split draws of the same class."""
+        for name, labels in self.unlabelled_classes:
+            for split, chosen in self.classes.items():
+                shared = sorted(set(self.unlabelled_image_splits) & set(self.image_splits[split]))
+                for other, other_labels in chosen:
+                    both = sorted(set(labels) & set(other_labels)) if other == name else []
+                    if both and shared:
+                        raise DataError(
+                            f"data.unlabelled: {name}:{both[0]} images of the {shared[0]!r} split are also "
+                            f"{split} images; take the unlabelled images from another split "
+                            "(data.unlabelled_image_splits)"
+                        )
+
+    def unlabelled_examples(self) -> torch.Tensor | None:
+        if not self.unlabelled_classes:
+            return None
+        paths = medmnist.locate(self.datasets, self.root, allow_download=False, size=self.size)
+        pools = [
+            medmnist.load_pool(
+                paths[name], name, labels, self.unlabelled_image_splits, self.channels, self.size
+            )
+            for name, labels in self.unlabelled_classes
+        ]
+        return torch.cat([pool.examples for pool in pools])
 
     def prepare_inputs(self, x: torch.Tensor) -> torch.Tensor:
         return images_to_unit_range(x)

@@ -40,6 +40,8 @@ class TaskBatch(Task):
 
     episode_index: Tensor
     meta_batch_index: int = -1
+    # Unlabelled images of the target domain served with a training meta-batch (data.unlabelled), or None.
+    unlabelled_x: Tensor | None = None
 
     def __len__(self) -> int:
         return self.support_x.shape[0]
