@@ -65,10 +65,10 @@ def heart(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.fixture(scope="module")
 def image_checkpoint(medmnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """MAML on the synthetic MedMNIST files (configs/quickstart.yaml, 5-way, RGB), a few steps."""
+    """MAML on the synthetic MedMNIST files (configs/maml_medmnist.yaml, 5-way, RGB), a few steps."""
     runs = tmp_path_factory.mktemp("image_runs")
     args = [
-        "--config", str(REPO / "configs/quickstart.yaml"), f"--runs_dir={runs}",
+        "--config", str(REPO / "configs/maml_medmnist.yaml"), f"--runs_dir={runs}",
         f"--data.init_args.root={medmnist_root}", "--data.init_args.download=false",
         "--data.init_args.n_shot=2", "--data.init_args.n_query=4",
         "--data.init_args.meta_batches_per_epoch=3", "--data.init_args.val_episodes=2",

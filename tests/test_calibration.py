@@ -26,7 +26,7 @@ def test_the_fitted_temperature_is_the_one_that_generated_the_labels():
 def calibrated_run(medmnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     runs = tmp_path_factory.mktemp("calibrated_runs")
     args = [
-        "--config", str(REPO / "configs/quickstart.yaml"), f"--runs_dir={runs}",
+        "--config", str(REPO / "configs/maml_medmnist.yaml"), f"--runs_dir={runs}",
         "--model=metaclinic.algorithms.ProtoNet", "--model.init_args.backbone.init_args.hidden=8",
         f"--data.init_args.root={medmnist_root}", "--data.init_args.download=false",
         "--data.init_args.n_shot=2", "--data.init_args.n_query=4",

@@ -78,7 +78,11 @@ def test_a_typo_inside_a_yaml_file_names_the_key(tmp_path: Path, capsys: pytest.
     assert "n_querry" in capsys.readouterr().err
 
 
-def fit_args(medmnist_root: Path, runs: Path, *extra: str, config: Path = REPO / "configs/quickstart.yaml"):
+# The MAML config: the command-line tests check MAML's runs (the quickstart is Reptile).
+MAML_CONFIG = REPO / "configs/maml_medmnist.yaml"
+
+
+def fit_args(medmnist_root: Path, runs: Path, *extra: str, config: Path = MAML_CONFIG):
     """Arguments of a short fit of ``config`` on the synthetic MedMNIST files."""
     return [
         "--config",
@@ -100,7 +104,7 @@ def fit_args(medmnist_root: Path, runs: Path, *extra: str, config: Path = REPO /
 
 
 def run_fit(
-    medmnist_root: Path, runs: Path, *extra: str, config: Path = REPO / "configs/quickstart.yaml"
+    medmnist_root: Path, runs: Path, *extra: str, config: Path = MAML_CONFIG
 ) -> subprocess.CompletedProcess:
     """The real command line in a fresh process (what a user runs)."""
     args = [sys.executable, "-m", "metaclinic.fit", *fit_args(medmnist_root, runs, *extra, config=config)]
@@ -111,7 +115,7 @@ def run_fit(
 def test_fit_end_to_end_writes_checkpoints_config_and_report(medmnist_root: Path, tmp_path: Path):
     result = run_fit(medmnist_root, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    (run_dir,) = (tmp_path / "quickstart").iterdir()
+    (run_dir,) = (tmp_path / "maml_medmnist").iterdir()
     report = json.loads((run_dir / "meta_test_report.json").read_text())
     assert (report["algorithm"], report["n_way"], report["n_shot"], report["episodes"]) == ("MAML", 5, 2, 60)
     accuracy = report["metrics"]["accuracy"]
@@ -148,12 +152,12 @@ def test_every_algorithm_config_trains_and_reports(config: Path, medmnist_root: 
 def test_ckpt_path_last_resumes_the_newest_run_in_its_directory(medmnist_root: Path, tmp_path: Path):
     first = run_fit(medmnist_root, tmp_path, "--trainer.max_steps=50", "--trainer.logger=false")
     assert first.returncode == 0, first.stderr[-3000:]
-    (run_dir,) = (tmp_path / "quickstart").iterdir()
+    (run_dir,) = (tmp_path / "maml_medmnist").iterdir()
     resumed = run_fit(
         medmnist_root, tmp_path, "--trainer.max_steps=60", "--trainer.logger=false", "--ckpt_path=last"
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert [p.name for p in (tmp_path / "quickstart").iterdir()] == [run_dir.name]  # no new run directory
+    assert [p.name for p in (tmp_path / "maml_medmnist").iterdir()] == [run_dir.name]  # no new run directory
     restoring = f"Restoring states from the checkpoint path at {run_dir / 'checkpoints/last.ckpt'}"
     assert restoring in resumed.stdout + resumed.stderr
     assert "Meta-test: MAML" in resumed.stdout and (run_dir / "meta_test_report.json").is_file()
@@ -166,7 +170,9 @@ def test_fitting_twice_in_one_process_makes_two_runs(medmnist_root: Path, tmp_pa
     args = fit_args(medmnist_root, tmp_path, *short)
     run(args)
     run([*args, "--model=metaclinic.algorithms.ProtoNet"])
-    reports = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("quickstart/*/meta_test_report.json"))]
+    reports = [
+        json.loads(p.read_text()) for p in sorted(tmp_path.glob("maml_medmnist/*/meta_test_report.json"))
+    ]
     assert sorted(r["algorithm"] for r in reports) == ["MAML", "ProtoNet"]
 
 

@@ -41,7 +41,7 @@ def test_a_shot_curve_keeps_each_episodes_classes(make_datamodule):
 def test_evaluate_writes_report_shot_curve_and_plots_beside_a_baseline(medmnist_root: Path, tmp_path: Path):
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
     fit = [
-        sys.executable, "-m", "metaclinic.fit", "--config", str(REPO / "configs/quickstart.yaml"),
+        sys.executable, "-m", "metaclinic.fit", "--config", str(REPO / "configs/maml_medmnist.yaml"),
         f"--runs_dir={tmp_path}", f"--data.init_args.root={medmnist_root}", "--data.init_args.n_shot=2",
         "--data.init_args.n_query=4", "--data.init_args.meta_batches_per_epoch=10",
         "--data.init_args.val_episodes=8", "--data.init_args.test_episodes=30", "--trainer.max_steps=20",
@@ -57,7 +57,7 @@ def test_evaluate_writes_report_shot_curve_and_plots_beside_a_baseline(medmnist_
     result = subprocess.run(fit, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Beside the baselines (same episodes)" in result.stdout  # the end of fit shows SimpleShot too
-    (run,) = (tmp_path / "quickstart").iterdir()
+    (run,) = (tmp_path / "maml_medmnist").iterdir()
     fitted = json.loads((run / "meta_test_report.json").read_text())
     config = (run / "config.yaml").read_text()
     (checkpoint,) = run.glob("checkpoints/best-*.ckpt")

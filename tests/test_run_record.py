@@ -38,7 +38,7 @@ def template_run(medmnist_root: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture
 def finished_run(template_run: Path, tmp_path: Path) -> Path:
-    """A short quickstart run (2-shot, 4 steps) with its record and checkpoints: a copy of one run, under
+    """A short MAML run (2-shot, 4 steps) with its record and checkpoints: a copy of one run, under
     ``tmp_path/runs`` (a changed ``runs_dir`` only changes where the run is, and may change on resume)."""
     copy = tmp_path / "runs" / template_run.parent.name / template_run.name
     shutil.copytree(template_run, copy)
@@ -135,7 +135,7 @@ def test_a_report_that_cannot_be_written_is_saved_elsewhere_and_named(
     callback = {"class_path": f"{__name__}.DirectoryAt", "init_args": {"name": "meta_test_report.json"}}
     args = fit_args(medmnist_root, tmp_path / "runs", *SHORT)
     message = fails_with(fit.main, [*args, f"--trainer.callbacks+={json.dumps(callback)}"])
-    (saved,) = tmp_path.glob("quickstart-*-meta_test_report.json")
+    (saved,) = tmp_path.glob("maml_medmnist-*-meta_test_report.json")
     assert "meta_test_report.json: could not be written" in message
     assert f"the report was saved to {saved} instead" in message, message
     assert json.loads(saved.read_text())["algorithm"] == "MAML"
