@@ -221,3 +221,26 @@ def test_heart_disease_config_runs_on_generated_hospitals(model: str, tmp_path: 
         assert report["checkpoint"] == "checkpoints/last.ckpt"
         saved = torch.load(report_file.parent / report["checkpoint"], weights_only=True)
         assert saved["global_step"] == 20
+
+
+def test_the_best_recipe_runs_its_two_stages(medmnist_root: Path, tmp_path: Path, caplog):
+    # Stage 2 starts from stage 1's run directory: the checkpoint its report evaluated.
+    short = ["--trainer.max_steps=3", "--data.init_args.meta_batches_per_epoch=3",
+             "--data.init_args.val_episodes=4", "--data.init_args.test_episodes=8",
+             "--model.init_args.backbone.init_args.hidden=8"]  # fmt: skip
+    pretrain = fit_in_process(
+        fit_args(medmnist_root, tmp_path, *short, config=REPO / "configs/medmnist_pretrain.yaml")
+    )
+    caplog.set_level("INFO", logger="metaclinic.algorithms.initialisation")
+    best = fit_in_process(
+        fit_args(
+            medmnist_root,
+            tmp_path,
+            *short,
+            f"--model.init_args.init_from={pretrain.parent}",
+            config=REPO / "configs/medmnist_best.yaml",
+        )
+    )
+    report = json.loads((best / "meta_test_report.json").read_text())
+    assert report["algorithm"] == "Reptile" and report["episodes"] == 8
+    assert f"backbone initialised from {pretrain}/checkpoints/best-step=" in caplog.text

@@ -74,3 +74,23 @@ def test_a_checkpoint_with_no_such_backbone_or_with_code_is_refused(tmp_path: Pa
     torch.save({"state_dict": {}, "code": functools.partial(print)}, tmp_path / "unsafe.ckpt")
     with pytest.raises(UnsafeCheckpointError):
         load_backbone(Conv4((3, 28, 28), hidden=8), tmp_path / "unsafe.ckpt")
+
+
+def test_a_run_directory_gives_the_checkpoint_its_report_evaluated(make_datamodule, tmp_path: Path):
+    from metaclinic.algorithms.initialisation import checkpoint_of, load_backbone
+
+    path, pretrained = finished_simpleshot_run(make_datamodule, tmp_path / "ckpt")
+    run = tmp_path / "runs/simpleshot/20261203-000000"
+    (run / "checkpoints").mkdir(parents=True)
+    path.rename(run / "checkpoints/best-step=3.ckpt")
+    (run / "meta_test_report.json").write_text('{"checkpoint": "checkpoints/best-step=3.ckpt"}')
+    assert (
+        checkpoint_of(run)
+        == checkpoint_of(tmp_path / "runs/simpleshot")
+        == run / "checkpoints/best-step=3.ckpt"
+    )
+    backbone = Conv4((3, 28, 28), hidden=16)
+    load_backbone(backbone, tmp_path / "runs/simpleshot")
+    assert torch.equal(backbone.features[0].weight, pretrained.backbone.features[0].weight)
+    with pytest.raises(DataError, match="a folder with no finished run"):
+        checkpoint_of(tmp_path / "runs")

@@ -53,7 +53,8 @@ class EpisodicModule(LightningModule):
         optimizer: builds the outer-loop (meta) optimizer from the parameters.
         scheduler: optionally builds a learning-rate scheduler, stepped every meta-batch.
         init_from: a checkpoint of a finished run (any algorithm with a backbone of the same shape, e.g. a
-            SimpleShot run): meta-training starts from its backbone weights ("pretrain, then meta-train", as
+            SimpleShot run), or the run's directory (``runs/<name>``: its newest run's evaluated checkpoint):
+            meta-training starts from its backbone weights ("pretrain, then meta-train", as
             Meta-Baseline and P>M>F do). Read with ``weights_only=True``; resuming a run ignores it (the
             resumed checkpoint has the weights).
     """

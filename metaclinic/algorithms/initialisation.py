@@ -12,6 +12,7 @@ one prefix under which every tensor of the target backbone exists with the same 
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from metaclinic.errors import DataError
+from metaclinic.report import REPORT_FILE
 from metaclinic.storage import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -56,9 +58,25 @@ def backbone_prefix(state: dict[str, torch.Tensor], target: dict[str, torch.Tens
     )
 
 
+def checkpoint_of(source: str | Path) -> Path:
+    """``source`` itself if it is a file; for a run directory (or a folder of runs, e.g.
+    ``runs/<run_name>``, whose newest run is taken) the checkpoint its meta-test report evaluated."""
+    path = Path(source)
+    if not path.is_dir():
+        return path
+    reports = sorted(path.glob(REPORT_FILE)) or sorted(path.glob(f"*/{REPORT_FILE}"))
+    if not reports:
+        raise DataError(f"model.init_args.init_from={path}: a folder with no finished run ({REPORT_FILE})")
+    report = json.loads(reports[-1].read_text())
+    if not report.get("checkpoint"):
+        raise DataError(f"{reports[-1]}: the run evaluated no checkpoint; give init_from a checkpoint file")
+    return reports[-1].parent / report["checkpoint"]
+
+
 def load_backbone(backbone: nn.Module, checkpoint: str | Path) -> None:
-    """Copies into ``backbone`` the weights of the backbone held by the Lightning ``checkpoint``."""
-    path = Path(checkpoint)
+    """Copies into ``backbone`` the weights of the backbone held by the Lightning ``checkpoint`` (a file, or
+    a finished run whose evaluated checkpoint is taken)."""
+    path = checkpoint_of(checkpoint)
     state = load_checkpoint(path)["state_dict"]
     target = backbone.state_dict()
     if not target:
