@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -76,11 +77,16 @@ STEPS = [
          evaluate="SimpleShot + augmentation"),
     Step("SimpleShot + aug. + unlabelled blood images", "simpleshot_medmnist", [AUGMENT, *UNLABELLED],
          unlabelled=True),
+    Step("SimpleShot + aug. + unlabelled + support fine-tuning", args=[FINETUNE],
+         evaluate="SimpleShot + aug. + unlabelled blood images", unlabelled=True),
+    Step("Reptile + augmentation, from SimpleShot + aug. + unlabelled", "reptile_medmnist",
+         [AUGMENT, REPTILE_SCHEDULE], init_from="SimpleShot + aug. + unlabelled blood images",
+         unlabelled=True),
 ]  # fmt: skip
 
 
 def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
 def report_of(step: Step, runs_dir: Path) -> Path | None:

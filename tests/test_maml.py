@@ -33,7 +33,7 @@ def quiet_trainer(**overrides) -> Trainer:
     return Trainer(**settings)
 
 
-def make_maml(**overrides) -> MAML:
+def make_maml(algorithm: type[MAML] = MAML, **overrides) -> MAML:
     settings = dict(
         n_way=5,
         inner_lr=0.4,
@@ -42,7 +42,7 @@ def make_maml(**overrides) -> MAML:
         optimizer=functools.partial(torch.optim.Adam, lr=3e-3),
     )
     settings.update(overrides)
-    return MAML(Conv4((3, 28, 28), hidden=16), **settings)
+    return algorithm(Conv4((3, 28, 28), hidden=16), **settings)
 
 
 def test_maml_meta_test_accuracy_rises_clearly_above_chance(make_datamodule):
@@ -138,15 +138,7 @@ def test_head_width_must_match_the_episodes(make_datamodule):
 
 # -- MAML++ --------------------------------------------------------------------------------------------------
 def make_mamlpp(**overrides) -> MAMLPlusPlus:
-    settings = dict(
-        n_way=5,
-        inner_lr=0.4,
-        train_steps=2,
-        eval_steps=3,
-        optimizer=functools.partial(torch.optim.Adam, lr=3e-3),
-    )
-    settings.update(overrides)
-    return MAMLPlusPlus(Conv4((3, 28, 28), hidden=16), **settings)
+    return make_maml(MAMLPlusPlus, **{"train_steps": 2, **overrides})
 
 
 def train_batch(make_datamodule, **overrides):

@@ -95,3 +95,31 @@ class SupportFineTuning:
                 )
             scores.append(logits(support, batch.support_y[i : i + 1], query, batch.n_way))
         return torch.cat(scores)
+
+
+class EmbeddingScores:
+    """For algorithms that score queries from support and query embeddings by ``episode_logits``
+    (ProtoNet, SimpleShot): plain scoring in training, and with ``support_finetuning`` set, a backbone
+    fine-tuned on each support set in evaluation and in the exported adapted model."""
+
+    support_finetuning: SupportFineTuning | None
+    backbone: nn.Module
+
+    def episode_logits(self, support: Tensor, support_y: Tensor, query: Tensor, n_way: int) -> Tensor:
+        """``(tasks, n, d)``, ``(tasks, n)``, ``(tasks, q, d)`` -> query logits ``(tasks, q, n_way)``."""
+        raise NotImplementedError
+
+    def score_tasks(self, batch: TaskBatch) -> Tensor:
+        if self.support_finetuning is not None and not self.training:
+            return self.support_finetuning.score_tasks(self.backbone, batch, self.episode_logits)
+        support, query = self.embed_episodes(self.backbone, batch)
+        return self.episode_logits(support, batch.support_y, query, batch.n_way)
+
+    def backbone_for(self, support_x: Tensor, support_y: Tensor) -> nn.Module:
+        """The backbone the adapted model of this support set embeds with."""
+        if self.support_finetuning is None:
+            return self.backbone
+        n_way = int(support_y.max()) + 1
+        return self.support_finetuning.tuned_backbone(
+            self.backbone, support_x, support_y, n_way, self.episode_logits
+        )

@@ -12,13 +12,12 @@ from typing import Literal
 from torch import Tensor, nn
 
 from metaclinic.algorithms.adapted import PrototypeClassifier
-from metaclinic.algorithms.finetune import SupportFineTuning
+from metaclinic.algorithms.finetune import EmbeddingScores, SupportFineTuning
 from metaclinic.algorithms.metric import MetricModule
 from metaclinic.algorithms.pooling import class_means, prototype_logits
-from metaclinic.data.task import TaskBatch
 
 
-class ProtoNet(MetricModule):
+class ProtoNet(EmbeddingScores, MetricModule):
     """Prototypical Networks, batched over the whole meta-batch (unless batch norm embeds each episode alone).
 
     Args:
@@ -46,17 +45,6 @@ class ProtoNet(MetricModule):
         prototypes = class_means(support, support_y, n_way)
         return prototype_logits(query, prototypes, self.distance, self.temperature)
 
-    def score_tasks(self, batch: TaskBatch) -> Tensor:
-        if self.support_finetuning is not None and not self.training:
-            return self.support_finetuning.score_tasks(self.backbone, batch, self.episode_logits)
-        support, query = self.embed_episodes(self.backbone, batch)
-        return self.episode_logits(support, batch.support_y, query, batch.n_way)
-
     def adapted_classifier(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> nn.Module:
-        backbone = self.backbone
-        if self.support_finetuning is not None:
-            n_way = int(support_y.max()) + 1
-            backbone = self.support_finetuning.tuned_backbone(
-                backbone, support_x, support_y, n_way, self.episode_logits
-            )
+        backbone = self.backbone_for(support_x, support_y)
         return PrototypeClassifier(backbone, support_x, support_y, self.distance, self.temperature)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from metaclinic.algorithms.adapted import AdaptedHead, SupportSetClassifier, one_episode
 from metaclinic.algorithms.base import EpisodicModule, full_precision
-from metaclinic.algorithms.finetune import SupportFineTuning
+from metaclinic.algorithms.finetune import EmbeddingScores, SupportFineTuning
 from metaclinic.algorithms.pooling import class_means, cosine_logits
 from metaclinic.baselines.self_supervised import ContrastiveObjective
 from metaclinic.data.task import TaskBatch
@@ -110,7 +110,7 @@ class SupervisedPretraining(EpisodicModule):
         return loss
 
 
-class SimpleShot(SupervisedPretraining):
+class SimpleShot(EmbeddingScores, SupervisedPretraining):
     """SimpleShot: nearest class centroid of CL2N-normalised embeddings, by Euclidean distance.
 
     CL2N centres embeddings and L2-normalises them. The paper centres with the mean embedding of the
@@ -146,21 +146,12 @@ class SimpleShot(SupervisedPretraining):
         # which torch.export cannot follow: the adapted model then exports for any number of cases.
         return -(query.unsqueeze(2) - centroids.unsqueeze(1)).norm(dim=-1)
 
-    def score_tasks(self, batch: TaskBatch) -> Tensor:
-        if self.support_finetuning is not None and not self.training:
-            return self.support_finetuning.score_tasks(self.backbone, batch, self.episode_logits)
-        support, query = self.embed_episodes(self.backbone, batch)
-        return self.episode_logits(support, batch.support_y, query, batch.n_way)
-
     def adapted_classifier(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> nn.Module:
         if self.support_finetuning is None:
             return super().adapted_classifier(support_x, support_y, query_x)
-        n_way = int(support_y.max()) + 1
         tuned = copy.deepcopy(self)  # with the backbone fine-tuned once, here, and scored plainly after
         tuned.support_finetuning = None
-        tuned.backbone = self.support_finetuning.tuned_backbone(
-            self.backbone, support_x, support_y, n_way, self.episode_logits
-        )
+        tuned.backbone = self.backbone_for(support_x, support_y)
         return SupportSetClassifier(tuned, support_x, support_y)
 
 
