@@ -78,7 +78,7 @@ class TableCases:
     markers) and encoded with the checkpoint's preprocessing (meta-train medians, means, standard deviations
     and categories; never refitted on the new cases). A headerless prediction file may leave out the label
     column. The support set's classes are the values of the label column (``0``/``1`` when the training
-    config binarised it with ``positive_above``).
+    config binarised it with ``positive_above``, ``positive_values`` or ``negative_values``).
 
     Args:
         spec: the training table's :class:`TableSpec`.
@@ -113,14 +113,14 @@ class TableCases:
 
     def read_support(self, path: str | Path) -> SupportSet:
         table, x = self._read(Path(path), labelled=True)
-        labels = table.labels(self.label_column, self.spec.positive_above)
+        labels = table.labels(self.label_column, self.spec)
         unlabelled = np.flatnonzero([v is None for v in labels])
         if unlabelled.size:
             raise DataError(
                 f"label column {self.label_column!r} is missing in {unlabelled.size} support row(s): "
                 f"{table.rows_message(unlabelled)}; every support case needs a label"
             )
-        expected = ["0", "1"] if self.spec.positive_above is not None else None
+        expected = ["0", "1"] if self.spec.binarised else None
         return _sorted_by_class(x, labels.tolist(), str(path), expected)
 
     def read_cases(self, path: str | Path) -> Cases:
@@ -142,8 +142,11 @@ class TableCases:
             "columns": {"numeric": self.preprocessor.numeric, "categorical": self.preprocessor.categorical},
             "label_column": self.label_column,
             "positive_above": spec.positive_above,
+            "positive_values": spec.positive_values,
+            "negative_values": spec.negative_values,
             "missing_values": spec.missing_values,
             "column_missing_values": spec.column_missing_values,
+            "column_missing_values_only": spec.column_missing_values_only,
             "preprocessor": self.preprocessor.state_dict(),
             "encoding": (
                 "numeric column c at position i: (value, or medians[i] when missing, - means[i]) / stds[i]; "
@@ -177,6 +180,11 @@ class TableCases:
             patient_column=None,
             column_names=names,
             column_missing_values={c: v for c, v in spec.column_missing_values.items() if c in columns},
+            column_missing_values_only={
+                c: v for c, v in spec.column_missing_values_only.items() if c in columns
+            },
+            exclude_columns=[],
+            drop_rows_missing=[],
         )
         table = read_table(local, file.parent)
         if len(table) == 0:

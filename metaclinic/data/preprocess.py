@@ -3,15 +3,21 @@
 Fitting on meta-train alone keeps the held-out hospitals (or diseases) out of every statistic the model
 sees: their medians, means and category lists would otherwise leak into training. The fitted state is plain
 numbers and strings, so checkpoints that hold it load with ``weights_only=True``.
+
+An evaluation-only run (no meta-train split) has no patients to fit on but the evaluated ones, whose
+statistics would make one patient's prediction depend on the others. There numeric features are imputed
+and standardised within each episode from its support set alone (:meth:`TablePreprocessor.for_episodes`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,7 @@ class TablePreprocessor:
     numeric_indicators: list[str]
     categories: dict[str, list[str]]
     categorical_indicators: list[str]
+    per_episode: bool = False
 
     @classmethod
     def fit(
@@ -71,6 +78,53 @@ class TablePreprocessor:
             list(numeric), list(categorical), medians, means, stds, indicators, categories,
             categorical_indicators,
         )  # fmt: skip
+
+    @classmethod
+    def for_episodes(
+        cls,
+        numeric: dict[str, np.ndarray],
+        categorical: dict[str, np.ndarray],
+        missing_indicators: bool = True,
+    ) -> TablePreprocessor:
+        """Encoding without fitted statistics: numeric columns stay raw (NaN where missing) until
+        :meth:`standardise_episodes` imputes and standardises them with each support set's own moments.
+
+        The one-hot and missing-indicator columns are those of the whole table: a column that is zero in a
+        support set gets no weight from it, so it changes no prediction of a centroid or support-set model.
+        """
+        indicators = [c for c, v in numeric.items() if missing_indicators and np.isnan(v).any()]
+        categories = {c: sorted({v for v in values if v is not None}) for c, values in categorical.items()}
+        categorical_indicators = [
+            c for c, v in categorical.items() if missing_indicators and any(x is None for x in v)
+        ]
+        n = len(numeric)
+        return cls(
+            list(numeric), list(categorical), [math.nan] * n, [0.0] * n, [1.0] * n, indicators, categories,
+            categorical_indicators, per_episode=True,
+        )  # fmt: skip
+
+    def standardise_episodes(
+        self, support: torch.Tensor, query: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-episode imputation and standardisation of the numeric features (the first ``len(numeric)``).
+
+        ``support (tasks, n_support, width)``, ``query (tasks, n_query, width)``: each task's support median
+        fills missing cells (0 when the support set has none), then the support mean and standard deviation
+        standardise support and query alike. A query's features depend on the support set and itself only.
+        """
+        n = len(self.numeric)
+        if n == 0:
+            return support, query
+        support, query = support.clone(), query.clone()
+        raw = support[..., :n]
+        median = torch.nan_to_num(torch.nanmedian(raw, dim=1, keepdim=True).values, nan=0.0)
+        imputed_support = torch.where(torch.isnan(raw), median, raw)
+        imputed_query = torch.where(torch.isnan(query[..., :n]), median, query[..., :n])
+        mean = imputed_support.mean(dim=1, keepdim=True)
+        std = imputed_support.std(dim=1, unbiased=False, keepdim=True)
+        std = torch.where(std > 1e-12, std, torch.ones_like(std))
+        support[..., :n], query[..., :n] = (imputed_support - mean) / std, (imputed_query - mean) / std
+        return support, query
 
     @property
     def feature_names(self) -> list[str]:

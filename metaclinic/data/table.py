@@ -19,10 +19,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from metaclinic.data.problems import MAX_LISTED, Problems
 from metaclinic.errors import DataError, MissingDataError
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
-MAX_LISTED = 5  # offending rows named in one message
+ROLES_TO_DROP = ("site", "label")  # what drop_rows_missing may name
 
 
 @dataclass
@@ -41,8 +42,17 @@ class TableSpec:
         column_names: names of the columns (required without a header, renames them with one).
         delimiter: field separator; default ``,`` (tab for ``.tsv``).
         missing_values: cell texts that mean "missing" in every column (compared after stripping spaces).
-        column_missing_values: extra markers for single columns, e.g. ``{chol: ["0"]}``.
-        positive_above: binarise labels: a row is ``1`` when its numeric label is above this, else ``0``.
+        column_missing_values: extra markers for single columns, added to ``missing_values``, e.g.
+            ``{chol: ["0"]}``.
+        column_missing_values_only: markers for single columns that *replace* ``missing_values`` there, e.g.
+            ``{sex: [""]}`` so that a ``?`` in ``sex`` is a value, not a missing cell.
+        exclude_columns: columns that are never features (when ``feature_columns`` is ``None``).
+        positive_above: binarise numeric labels: a row is ``1`` when its label is above this, else ``0``.
+        positive_values: binarise text labels: a row is ``1`` when its label is one of these, else ``0``.
+        negative_values: binarise text labels: a row is ``0`` when its label is one of these, else ``1``
+            (with ``positive_values`` too, a label in neither list is an error).
+        drop_rows_missing: ``site`` and/or ``label``: rows whose site (or label) is missing are dropped,
+            with their count logged, instead of stopping set-up.
     """
 
     path: str | dict[str, str]
@@ -56,7 +66,12 @@ class TableSpec:
     delimiter: str | None = None
     missing_values: list[str] = field(default_factory=lambda: ["", "?", "NA"])
     column_missing_values: dict[str, list[str]] = field(default_factory=dict)
+    column_missing_values_only: dict[str, list[str]] = field(default_factory=dict)
+    exclude_columns: list[str] = field(default_factory=list)
     positive_above: float | None = None
+    positive_values: list[str] | None = None
+    negative_values: list[str] | None = None
+    drop_rows_missing: list[str] = field(default_factory=list)
 
     @property
     def label_columns(self) -> list[str]:
@@ -66,6 +81,36 @@ class TableSpec:
     def site_name(self) -> str | None:
         """The site column, which a per-site ``path`` mapping creates (named ``site`` by default)."""
         return self.site_column or ("site" if isinstance(self.path, dict) else None)
+
+    @property
+    def binarised(self) -> bool:
+        """Whether labels become ``0``/``1`` (by positive_above, positive_values or negative_values)."""
+        text_rule = self.positive_values is not None or self.negative_values is not None
+        return self.positive_above is not None or text_rule
+
+    def config_problems(self) -> list[str]:
+        """Settings that contradict each other, whatever the table holds."""
+        problems = []
+        text_rule = self.positive_values is not None or self.negative_values is not None
+        if self.positive_above is not None and text_rule:
+            problems.append(
+                "table.positive_above (numeric labels) and positive_values/negative_values (text labels) "
+                "both binarise the label; give one of them"
+            )
+        unknown = [r for r in self.drop_rows_missing if r not in ROLES_TO_DROP]
+        if unknown:
+            problems.append(f"table.drop_rows_missing: unknown {unknown}; it takes {list(ROLES_TO_DROP)}")
+        if "site" in self.drop_rows_missing and self.site_name is None:
+            problems.append("table.drop_rows_missing names 'site', but the table has no site_column")
+        both = sorted(set(self.exclude_columns) & set(self.feature_columns or []))
+        if both:
+            problems.append(f"table.exclude_columns and table.feature_columns both name {both}")
+        return problems
+
+    def markers(self, column: str) -> set[str]:
+        """The cell texts that mean "missing" in ``column``."""
+        base = self.column_missing_values_only.get(column, self.missing_values)
+        return set(base) | set(self.column_missing_values.get(column, []))
 
 
 @dataclass
@@ -79,6 +124,11 @@ class Table:
 
     def __len__(self) -> int:
         return len(self.file_of_row)
+
+    def subset(self, rows: np.ndarray) -> Table:
+        """The table of ``rows`` only, each still named by its file and row."""
+        cells = {name: values[rows] for name, values in self.cells.items()}
+        return Table(cells, self.files, self.file_of_row[rows], self.row_in_file[rows])
 
     def where(self, row: int) -> str:
         return f"{self.files[self.file_of_row[row]]}, row {self.row_in_file[row]}"
@@ -102,20 +152,55 @@ class Table:
         """
         return np.array([None if v is None else _canonical(v) for v in self.column(name)], dtype=object)
 
-    def labels(self, name: str, positive_above: float | None) -> np.ndarray:
-        """A label column as text (``None`` = missing); with ``positive_above``, "1" above it and "0" else.
+    def labels(self, name: str, spec: TableSpec) -> np.ndarray:
+        """A label column as text (``None`` = missing), binarised to ``"1"``/``"0"`` as ``spec`` says.
 
         One definition for training (:class:`TableEpisodes`) and adaptation, so both binarise alike.
         """
-        if positive_above is None:
-            return self.categories(name)
-        values = self.numbers(name)
-        labels = np.where(values > positive_above, "1", "0").astype(object)
-        labels[np.isnan(values)] = None
+        if spec.positive_above is not None:
+            values, bad, _ = self.parse_numbers(name)
+            if bad.size:
+                raise DataError(
+                    f"label column {name!r} has {bad.size} text cell(s) ({self.rows_message(bad)}), which "
+                    "positive_above (for numeric labels) cannot binarise; say which values are positive with "
+                    "table.positive_values, or which are negative with table.negative_values"
+                )
+            labels = np.where(values > spec.positive_above, "1", "0").astype(object)
+            labels[np.isnan(values)] = None
+            return labels
+        values = self.categories(name)
+        if spec.positive_values is None and spec.negative_values is None:
+            return values
+        positive = {_canonical(v) for v in spec.positive_values or []}
+        negative = {_canonical(v) for v in spec.negative_values or []}
+        present = np.array([v is not None for v in values])
+        is_positive = np.array([v in positive for v in values])
+        is_negative = np.array([v in negative for v in values])
+        if spec.positive_values is None:
+            is_positive = present & ~is_negative
+        elif spec.negative_values is None:
+            is_negative = present & ~is_positive
+        neither = np.flatnonzero(present & ~is_positive & ~is_negative)
+        if neither.size:
+            raise DataError(
+                f"label column {name!r}: {neither.size} row(s) have a value in neither positive_values nor "
+                f"negative_values: {self.rows_message(neither)}; add it to one of them"
+            )
+        labels = np.where(is_positive, "1", "0").astype(object)
+        labels[~present] = None
         return labels
 
     def numbers(self, name: str) -> np.ndarray:
         """A column as float64 with NaN where the cell is missing; any other non-number is an error."""
+        values, bad, non_finite = self.parse_numbers(name)
+        problem = number_problem(self, name, bad, non_finite)
+        if problem:
+            raise DataError(problem)
+        return values
+
+    def parse_numbers(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A column as float64 (NaN = missing or not a number), the rows that are not numbers and the
+        rows that are NaN or infinite although no missing-value marker covers them."""
         values = np.full(len(self), np.nan)
         bad, non_finite = [], []
         for row, text in enumerate(self.column(name)):
@@ -130,56 +215,77 @@ class Table:
                 values[row] = value
             else:
                 non_finite.append(row)
-        if bad:
-            raise DataError(
-                f"column {name!r} must be numeric, but {len(bad)} cell(s) are not numbers: "
-                f"{self.rows_message(np.array(bad))}. Fix them, list the column in categorical_columns, "
-                "or add their text to missing_values."
-            )
-        if non_finite:
-            raise DataError(
-                f"column {name!r} has {len(non_finite)} NaN/inf cell(s) that no missing-value marker "
-                f"covers: {self.rows_message(np.array(non_finite))}. Add their text (e.g. 'NaN') to "
-                "missing_values or column_missing_values."
-            )
-        return values
+        return values, np.array(bad, dtype=np.int64), np.array(non_finite, dtype=np.int64)
+
+
+def number_problem(table: Table, name: str, bad: np.ndarray, non_finite: np.ndarray) -> str | None:
+    """What is wrong with numeric column ``name`` (rows of text cells, of NaN/inf cells), if anything."""
+    if bad.size:
+        return (
+            f"column {name!r} must be numeric, but {bad.size} cell(s) are not numbers: "
+            f"{table.rows_message(bad)}. Fix them, list the column in categorical_columns, "
+            "or add their text to missing_values (or column_missing_values)."
+        )
+    if non_finite.size:
+        return (
+            f"column {name!r} has {non_finite.size} NaN/inf cell(s) that no missing-value marker "
+            f"covers: {table.rows_message(non_finite)}. Add their text (e.g. 'NaN') to "
+            "missing_values or column_missing_values."
+        )
+    return None
 
 
 def read_table(spec: TableSpec, root: Path) -> Table:
-    """Reads the file(s) of ``spec``, marks missing cells and checks that the named columns exist."""
+    """Reads the file(s) of ``spec``, marks missing cells and checks that the named columns exist.
+
+    Every problem of every file (missing, empty, unreadable, other columns, unknown column names) is
+    reported in one :class:`DataError`.
+    """
     paths = spec.path if isinstance(spec.path, dict) else {None: spec.path}
-    frames, files = [], []
+    frames, files, problems, missing_files = [], [], Problems(), []
     for site, path in paths.items():
         file = Path(path) if Path(path).is_absolute() else root / path
-        frame = _read_frame(file, spec)
-        if site is not None:
-            frame[spec.site_name] = str(site)
-        if frames and list(frame.columns) != list(frames[0].columns):
-            raise DataError(
-                f"{file}: columns {list(frame.columns)} differ from those of {files[0]}: "
-                f"{list(frames[0].columns)}"
-            )
-        frames.append(frame)
-        files.append(str(file))
+        if not file.is_file():
+            missing_files.append(str(file))
+            continue
+        with problems.collect():
+            frame = _read_frame(file, spec)
+            if site is not None:
+                frame[spec.site_name] = str(site)
+            if frames and list(frame.columns) != list(frames[0].columns):
+                raise DataError(
+                    f"{file}: columns {list(frame.columns)} differ from those of {files[0]}: "
+                    f"{list(frames[0].columns)}"
+                )
+            frames.append(frame)
+            files.append(str(file))
+    if missing_files:
+        message = (
+            f"table file(s) not found: {', '.join(missing_files)} (relative paths start at "
+            "data.init_args.root, by default $METACLINIC_DATA_DIR, else ./data)"
+        )
+        if not problems:
+            raise MissingDataError(message)
+        problems.add(message)
+    problems.raise_if_any()
     file_of_row = np.concatenate([np.full(len(f), i) for i, f in enumerate(frames)])
     row_in_file = np.concatenate([np.arange(1, len(f) + 1) for f in frames])
     frame = pd.concat(frames, ignore_index=True)
-    for column in spec.column_missing_values:
-        if column not in frame.columns:
-            raise DataError(f"column_missing_values names {column!r}, which {files[0]} does not have")
+    for option in ("column_missing_values", "column_missing_values_only", "exclude_columns"):
+        unknown = [c for c in getattr(spec, option) if c not in frame.columns]
+        if unknown:
+            problems.add(f"{option} names {unknown}, which {files[0]} does not have")
     cells = {
-        str(column): _mark_missing(
-            frame[column].to_numpy(dtype=object),
-            set(spec.missing_values) | set(spec.column_missing_values.get(str(column), [])),
-        )
+        str(column): _mark_missing(frame[column].to_numpy(dtype=object), spec.markers(str(column)))
         for column in frame.columns
     }
     table = Table(cells, files, file_of_row, row_in_file)
-    for name in (*spec.label_columns, *(spec.feature_columns or []), *spec.categorical_columns):
-        table.column(name)
-    for name in (spec.site_name, spec.patient_column):
+    named = (*spec.label_columns, *(spec.feature_columns or []), *spec.categorical_columns)
+    for name in dict.fromkeys((*named, spec.site_name, spec.patient_column)):
         if name is not None:
-            table.column(name)
+            with problems.collect():
+                table.column(name)
+    problems.raise_if_any()
     return table
 
 
@@ -195,11 +301,8 @@ def read_header(file: Path, spec: TableSpec) -> list[str]:
 
 def _read_frame(file: Path, spec: TableSpec) -> pd.DataFrame:
     """One file as a frame of stripped strings; Parquet nulls become ``None``."""
-    if not file.is_file():
-        raise MissingDataError(
-            f"table file not found: {file} (relative paths start at data.init_args.root, by default "
-            "$METACLINIC_DATA_DIR, else ./data)"
-        )
+    if file.stat().st_size == 0:
+        raise DataError(f"{file}: the file is empty (no header, no data rows)")
     with _unreadable_as_data_error(file):
         if file.suffix.lower() in PARQUET_SUFFIXES:
             typed = pd.read_parquet(file)
@@ -224,6 +327,8 @@ def _read_frame(file: Path, spec: TableSpec) -> pd.DataFrame:
     duplicated = sorted({c for c in frame.columns if list(frame.columns).count(c) > 1})
     if duplicated:
         raise DataError(f"{file}: duplicated column names {duplicated}")
+    if len(frame) == 0:
+        raise DataError(f"{file}: no data rows (only a header); every table needs at least one patient")
     return frame
 
 
@@ -237,6 +342,8 @@ def _csv_options(file: Path, spec: TableSpec) -> dict[str, Any]:
 def _unreadable_as_data_error(file: Path) -> Iterator[None]:
     try:
         yield
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{file}: the file has no columns (empty, or blank lines only)") from None
     except (ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError) as error:
         raise DataError(f"{file}: cannot be read as a table: {error}") from None
 
