@@ -2,12 +2,13 @@
 
     python scripts/compare_algorithms.py --runs_dir runs/compare --out compare.md -- --trainer.max_steps=300
 
-For each method this runs ``python -m metaclinic.fit`` on its ``configs/<name>_medmnist.yaml`` (Baseline++
-is the Baseline config with the cosine classifier), then ``python -m metaclinic.evaluate`` on the run's
-best checkpoint for a shot curve over the same episodes, and finally ``metaclinic.compare`` for paired
-differences to the first method (SimpleShot by default). Everything after ``--`` is passed to every fit,
-so all methods share the backbone, data split and budget. Writes Markdown tables (``--out``) and every
-number (``--out`` with ``.json``); a method that fails is reported as such and the sweep goes on.
+For each method of :mod:`metaclinic.registry` this runs ``python -m metaclinic.fit`` on its
+``configs/<name>_medmnist.yaml`` (Baseline++ is the Baseline config with the cosine classifier), then
+``python -m metaclinic.evaluate`` on the run's best checkpoint for a shot curve over the same episodes, and
+finally ``metaclinic.compare`` for paired differences to the first method (SimpleShot by default).
+Everything after ``--`` is passed to every fit, so all methods share the backbone, data split and budget.
+Writes Markdown tables (``--out``) and every number (``--out`` with ``.json``); a method that fails is
+reported as such and the sweep goes on.
 """
 
 from __future__ import annotations
@@ -20,25 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from metaclinic import registry
 from metaclinic.compare import Run, markdown, paired_differences, reference_runs
 
 REPO = Path(__file__).resolve().parents[1]
-# name: (config under configs/, extra fit arguments). Baselines first: they are the reference.
-METHODS: dict[str, tuple[str, list[str]]] = {
-    "SimpleShot": ("simpleshot_medmnist", []),
-    "Baseline": ("baseline_medmnist", []),
-    "Baseline++": ("baseline_medmnist", ["--model=metaclinic.baselines.BaselinePlusPlus"]),
-    "MAML": ("maml_medmnist", []),
-    "FOMAML": ("fomaml_medmnist", []),
-    "ANIL": ("anil_medmnist", []),
-    "Meta-SGD": ("metasgd_medmnist", []),
-    "MAML++": ("mamlpp_medmnist", []),
-    "Reptile": ("reptile_medmnist", []),
-    "ProtoNet": ("protonet_medmnist", []),
-    "MatchingNet": ("matchingnet_medmnist", []),
-    "RelationNet": ("relationnet_medmnist", []),
-    "Siamese": ("siamese_medmnist", []),
-}
+# Every registered method (metaclinic.registry), baselines first: they are the reference.
+METHODS = {m.name: m for m in registry.METHODS}
 # ece: after temperature scaling on meta-validation; ece_uncalibrated: before it.
 METRICS = ["accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece", "ece_uncalibrated"]
 
@@ -54,10 +42,10 @@ def timed(command: list[str]) -> tuple[subprocess.CompletedProcess, float]:
 
 def run_method(name: str, args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     """Fits ``name`` and evaluates its best checkpoint; returns paths, timings and the shot curve."""
-    config, extra = METHODS[name]
+    entry = METHODS[name]
     run_name = name.lower().replace("+", "p").replace("-", "")
     fit = [
-        sys.executable, "-m", "metaclinic.fit", "--config", str(REPO / "configs" / f"{config}.yaml"), *extra,
+        sys.executable, "-m", "metaclinic.fit", "--config", str(REPO / entry.config_file), *entry.args,
         f"--runs_dir={args.runs_dir}", f"--run_name={run_name}", "--trainer.enable_progress_bar=false",
         *overrides,
     ]  # fmt: skip

@@ -47,6 +47,12 @@ FINETUNE = (
     '"init_args": {"steps": 10, "lr": 0.01}}'
 )
 REPTILE_SCHEDULE = "--model.init_args.scheduler.init_args.total_iters=300"
+# MAML++'s annealing fitted to the 300 steps: cosine to 0 at the end, first order and the multi-step loss
+# over the first third.
+MAMLPP_SCHEDULE = [
+    "--model.init_args.scheduler.init_args.T_max=300", "--model.init_args.first_order_until_step=100",
+    "--model.init_args.multi_step_loss_steps=100",
+]  # fmt: skip
 
 
 @dataclass
@@ -67,6 +73,10 @@ STEPS = [
     Step("Baseline", "baseline_medmnist"),
     Step("ProtoNet", "protonet_medmnist"),
     Step("Reptile", "reptile_medmnist", [REPTILE_SCHEDULE]),
+    Step("MAML", "maml_medmnist"),
+    Step("FOMAML", "fomaml_medmnist"),
+    Step("MAML++", "mamlpp_medmnist", MAMLPP_SCHEDULE),
+    Step("Reptile + augmentation", "reptile_medmnist", [AUGMENT, REPTILE_SCHEDULE]),
     Step("SimpleShot + augmentation", "simpleshot_medmnist", [AUGMENT]),
     Step("ProtoNet + augmentation", "protonet_medmnist", [AUGMENT]),
     Step("ProtoNet + augmentation, from SimpleShot + aug.", "protonet_medmnist", [AUGMENT],
@@ -86,7 +96,7 @@ STEPS = [
 
 
 def slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+    return re.sub(r"[^a-z0-9]+", "_", name.lower().replace("++", "pp")).strip("_")
 
 
 def report_of(step: Step, runs_dir: Path) -> Path | None:
@@ -160,9 +170,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the table (Markdown) here")
     parser.add_argument("--only_table", action="store_true", help="build the table from existing reports")
     parser.add_argument("--rerun", action="store_true", help="run steps whose report exists again")
+    parser.add_argument("--steps", nargs="+", default=None, help="run only these steps (names as in STEPS)")
     args = parser.parse_args()
+    unknown = set(args.steps or []) - {s.name for s in STEPS}
+    if unknown:
+        parser.error(f"--steps: unknown {sorted(unknown)}; the steps are {[s.name for s in STEPS]}")
     if not args.only_table:
-        for step in STEPS:
+        for step in STEPS if args.steps is None else [s for s in STEPS if s.name in args.steps]:
             if args.rerun or report_of(step, args.runs_dir) is None:
                 run_step(step, args.runs_dir)
     text = table(args.runs_dir)

@@ -12,7 +12,7 @@ from lightning.pytorch import seed_everything
 from torch import nn
 from torch.utils.data import DataLoader
 
-from metaclinic import algorithms
+from metaclinic import algorithms, registry
 from metaclinic.algorithms.pooling import class_means
 from metaclinic.data.task import TaskBatch
 from metaclinic.models import Conv4
@@ -20,38 +20,21 @@ from metaclinic.models import Conv4
 from .test_maml import quiet_trainer
 
 ADAM = functools.partial(torch.optim.Adam, lr=3e-3)
-INNER = dict(n_way=5, inner_lr=0.4, train_steps=1, eval_steps=3, optimizer=ADAM)
-SETTINGS = {
-    "MAML": (algorithms.MAML, INNER),
-    "FOMAML": (algorithms.MAML, {**INNER, "first_order": True}),
-    "ANIL": (
-        algorithms.ANIL,
-        {**INNER, "inner_lr": 1.0, "optimizer": functools.partial(torch.optim.Adam, lr=1e-2)},
-    ),
-    "MetaSGD": (algorithms.MetaSGD, INNER),
-    "MAMLPlusPlus": (  # every switch on: learned rates, multi-step loss, first order for the first steps
-        algorithms.MAMLPlusPlus,
-        {**INNER, "train_steps": 2, "multi_step_loss_steps": 30, "first_order_until_step": 15},
-    ),
-    "Reptile": (
-        algorithms.Reptile,
-        {**INNER, "train_steps": 3, "optimizer": functools.partial(torch.optim.SGD, lr=0.5)},
-    ),
-    "ProtoNet": (algorithms.ProtoNet, {"optimizer": ADAM}),
-    "MatchingNet": (algorithms.MatchingNet, {"temperature": 10.0, "optimizer": ADAM}),
-    "MatchingNetFCE": (
-        algorithms.MatchingNet,
-        {"fce": True, "fce_steps": 2, "temperature": 10.0, "optimizer": ADAM},
-    ),
-    "RelationNet": (algorithms.RelationNet, {"optimizer": ADAM}),
-    "Siamese": (algorithms.Siamese, {"optimizer": ADAM}),
-}
-METRIC = ["ProtoNet", "MatchingNet", "MatchingNetFCE", "RelationNet", "Siamese"]
+# Every registered meta-learner with the settings its entry gives, plus a variant the registry has no
+# config of: Matching Networks with full-context embeddings.
+SETTINGS = {m.name: (m.model, dict(m.settings)) for m in registry.meta_learners()}
+SETTINGS["MatchingNetFCE"] = (
+    algorithms.MatchingNet,
+    {"fce": True, "fce_steps": 2, "temperature": 10.0, "optimizer": ADAM},
+)
+METRIC = [name for name, (cls, _) in SETTINGS.items() if issubclass(cls, algorithms.MetricModule)]
+FIXED_HEAD = [name for name, (cls, _) in SETTINGS.items() if issubclass(cls, algorithms.InnerLoopModule)]
 
 
 def build(name: str, **overrides):
     cls, settings = SETTINGS[name]
-    return cls(Conv4((3, 28, 28), hidden=16), **{**settings, **overrides})
+    head = {"n_way": 5} if name in FIXED_HEAD else {}
+    return cls(Conv4((3, 28, 28), hidden=16), **{**head, **settings, **overrides})
 
 
 @pytest.mark.parametrize("name", SETTINGS)
@@ -83,7 +66,7 @@ def test_metric_methods_evaluate_at_other_ways_and_shots(name: str, make_datamod
     assert build(name) is not None
 
 
-@pytest.mark.parametrize("name", ["MAML", "ANIL", "MetaSGD", "MAMLPlusPlus", "Reptile"])
+@pytest.mark.parametrize("name", FIXED_HEAD)
 def test_fixed_head_methods_refuse_other_ways(name: str, make_datamodule):
     with pytest.raises(ValueError, match="5-way head but the episodes are 3-way"):
         quiet_trainer().test(build(name), datamodule=make_datamodule(n_way=3), verbose=False)
@@ -146,7 +129,7 @@ def test_meta_sgd_learning_rates_are_parameters_that_get_gradients(make_datamodu
     data = make_datamodule()
     data.setup()
     batch = data.on_after_batch_transfer(next(iter(data.train_dataloader())), 0)
-    model = build("MetaSGD")
+    model = build("Meta-SGD")
     lrs = list(model.learner.lrs)
     assert lrs and all(isinstance(lr, nn.Parameter) for lr in lrs)
     assert {id(lr) for lr in lrs} <= {id(p) for p in model.parameters()}
@@ -173,7 +156,7 @@ def test_anil_adapts_only_the_head(make_datamodule):
     assert all(p.grad is not None for p in model.backbone.parameters())
 
 
-@pytest.mark.parametrize("name", ["ProtoNet", "MAML", "MAMLPlusPlus"])
+@pytest.mark.parametrize("name", ["ProtoNet", "MAML", "MAML++"])
 def test_channels_last_gives_the_same_scores_and_meta_gradients(name: str, make_datamodule):
     """The memory layout is a speed setting only: same scores and meta-gradients to rounding."""
     data = make_datamodule()
@@ -184,7 +167,7 @@ def test_channels_last_gives_the_same_scores_and_meta_gradients(name: str, make_
     for channels_last in (False, True):
         torch.manual_seed(0)
         backbone = Conv4(data.example_shape, hidden=8, channels_last=channels_last)
-        model = getattr(algorithms, name)(backbone, **({"n_way": 5} if name.startswith("MAML") else {}))
+        model = registry.method(name).model(backbone, **({"n_way": 5} if name in FIXED_HEAD else {}))
         scores = model.score_tasks(batch)
         F.cross_entropy(scores.flatten(0, 1), batch.query_y.flatten()).backward()
         results.append((scores.detach(), [p.grad.clone() for p in model.parameters()]))

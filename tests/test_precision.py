@@ -23,7 +23,7 @@ from metaclinic import algorithms
 from metaclinic.data.task import TaskBatch
 from metaclinic.models import MLP, Conv4
 
-from .test_algorithms import SETTINGS, tiny_batch
+from .test_algorithms import FIXED_HEAD, SETTINGS, tiny_batch
 from .test_maml import quiet_trainer
 
 SGD0 = functools.partial(torch.optim.SGD, lr=0.0)  # the step we look at leaves the weights as they were
@@ -270,7 +270,7 @@ class StepLosses(Callback):
 def test_every_algorithm_trains_and_evaluates_under_bf16_mixed(name: str, make_datamodule):
     seed_everything(0)
     cls, settings = SETTINGS[name]
-    model = cls(Conv4((3, 28, 28), hidden=8), **settings)
+    model = cls(Conv4((3, 28, 28), hidden=8), **({"n_way": 5} if name in FIXED_HEAD else {}), **settings)
     data = make_datamodule(val_episodes=8, test_episodes=8)
     losses = StepLosses()
     trainer = quiet_trainer(
@@ -337,7 +337,7 @@ def test_memory_stays_flat_across_meta_iterations_and_validations(make_datamodul
     """30 second-order MAML steps under bf16-mixed, with a validation run after every 10 (one epoch)."""
     seed_everything(0)
     cls, settings = SETTINGS["MAML"]
-    model = cls(Conv4((3, 28, 28), hidden=8), **{**settings, "train_steps": 2})
+    model = cls(Conv4((3, 28, 28), hidden=8), **{**settings, "n_way": 5, "train_steps": 2})
     probe = LiveTensors(every=10)
     trainer = quiet_trainer(
         max_steps=30, precision="bf16-mixed", accelerator="cpu", callbacks=[probe], limit_val_batches=1

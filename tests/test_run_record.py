@@ -58,7 +58,7 @@ def fails_with(function, args: list[str]) -> str:
     ("change", "shown"),
     [
         (["--data.init_args.n_shot=1"], "data.init_args.n_shot: 2 -> 1"),
-        (["--model.init_args.inner_lr=0.1"], "model.init_args.inner_lr: 0.4 -> 0.1"),
+        (["--model.init_args.inner_lr=0.2"], "model.init_args.inner_lr: 0.1 -> 0.2"),
         (["--data.init_args.meta_batch_size=2"], "data.init_args.meta_batch_size: 4 -> 2"),
         (["--data.init_args.meta_train=[organamnist:0-5]"], "data.init_args.meta_train: "),
     ],
@@ -81,16 +81,16 @@ def test_an_allowed_change_is_recorded_beside_the_unchanged_config(medmnist_root
     finished_run = fit_in_process(fit_args(medmnist_root, tmp_path / "runs", *SHORT))
     record = (finished_run / "config.yaml").read_bytes()
     args = fit_args(medmnist_root, finished_run.parent.parent, *SHORT)
-    fit_in_process([*args, "--ckpt_path=last", "--trainer.max_steps=6", "--model.init_args.inner_lr=0.1",
+    fit_in_process([*args, "--ckpt_path=last", "--trainer.max_steps=6", "--model.init_args.inner_lr=0.2",
                     "--allow_config_change=true"])  # fmt: skip
     assert (finished_run / "config.yaml").read_bytes() == record
     (entry,) = yaml.safe_load((finished_run / HISTORY_FILE).read_text())
     assert entry["step"] == 4 and entry["checkpoint"] == "checkpoints/last.ckpt"
-    assert entry["changes"]["model.init_args.inner_lr"] == {"from": 0.4, "to": 0.1}
+    assert entry["changes"]["model.init_args.inner_lr"] == {"from": 0.1, "to": 0.2}
     assert entry["changes"]["trainer.max_steps"] == {"from": 4, "to": 6}
     assert torch.load(finished_run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 6
     # The next resume compares with the settings the run now has: the allowed change is not refused again.
-    fit_in_process([*args, "--ckpt_path=last", "--trainer.max_steps=7", "--model.init_args.inner_lr=0.1"])
+    fit_in_process([*args, "--ckpt_path=last", "--trainer.max_steps=7", "--model.init_args.inner_lr=0.2"])
     history = yaml.safe_load((finished_run / HISTORY_FILE).read_text())
     assert [e["step"] for e in history] == [4, 6] and list(history[1]["changes"]) == ["trainer.max_steps"]
 

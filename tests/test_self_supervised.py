@@ -75,6 +75,9 @@ def test_unlabelled_images_of_a_meta_test_image_split_are_refused(make_datamodul
     data = make_datamodule(unlabelled_batch_size=4)
     with pytest.raises(DataError, match="has no unlabelled examples"):
         data.setup("fit")
+    unused = make_datamodule(unlabelled=["bloodmnist:3-7"])
+    with pytest.raises(DataError, match=r"data\.unlabelled_batch_size is 0, so none would be served"):
+        unused.setup("fit")
 
 
 def test_a_contrastive_weight_without_unlabelled_images_says_what_to_set(make_datamodule):

@@ -129,6 +129,10 @@ class EpisodicDataModule(LightningDataModule):
         """Stored examples without labels for training (e.g. unlabelled images of the target domain)."""
         return None
 
+    def names_unlabelled_examples(self) -> bool:
+        """Whether the configuration asks for unlabelled examples (checked before any are loaded)."""
+        return False
+
     def supervised_data(self, split: str = "meta_train") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """Every example of ``split`` with a class target, for supervised baselines.
 
@@ -158,7 +162,12 @@ class EpisodicDataModule(LightningDataModule):
             )
         pools = self.build_pools()
         check_disjoint(pools)
-        self.unlabelled = self.unlabelled_examples()
+        if self.unlabelled_batch_size == 0 and self.names_unlabelled_examples():
+            raise DataError(
+                "data.unlabelled names unlabelled examples but data.unlabelled_batch_size is 0, so none "
+                "would be served; set unlabelled_batch_size (e.g. 64) or remove data.unlabelled"
+            )
+        self.unlabelled = self.unlabelled_examples() if self.unlabelled_batch_size > 0 else None
         if self.unlabelled_batch_size > 0 and (self.unlabelled is None or len(self.unlabelled) == 0):
             raise DataError(
                 f"data.unlabelled_batch_size={self.unlabelled_batch_size} but this data has no unlabelled "

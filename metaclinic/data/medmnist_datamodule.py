@@ -132,6 +132,9 @@ class MedMNISTEpisodes(EpisodicDataModule):
                             "(data.unlabelled_image_splits)"
                         )
 
+    def names_unlabelled_examples(self) -> bool:
+        return bool(self.unlabelled_classes)
+
     def unlabelled_examples(self) -> torch.Tensor | None:
         if not self.unlabelled_classes:
             return None
