@@ -39,10 +39,8 @@ from jsonargparse import ArgumentError, ArgumentParser, Namespace
 
 from metaclinic.adaptation import adapted_classifier, check_support, class_probabilities, export_classifier
 from metaclinic.algorithms.base import EpisodicModule
-from metaclinic.data.cases import Cases, ImageCases, SupportSet, TableCases
+from metaclinic.data.cases import CaseReader, Cases, SupportSet
 from metaclinic.data.datamodule import EpisodicDataModule
-from metaclinic.data.preprocess import TablePreprocessor
-from metaclinic.data.table_datamodule import TableEpisodes
 from metaclinic.errors import DataError, MetaclinicError, MissingDataError
 from metaclinic.models.normalization import uses_batch_statistics
 from metaclinic.storage import load_checkpoint, write_atomically
@@ -86,7 +84,7 @@ def load_meta_trained(ckpt_path: str | Path, config: str | Path | None = None) -
     sections = _config_sections(config)
     data = _instantiate("data", EpisodicDataModule, sections["data"], config)
     data_state = checkpoint.get(type(data).__qualname__) or {}
-    input_shape = _input_shape(data, data_state, ckpt_path)
+    input_shape = data.saved_input_shape(data_state, str(ckpt_path))
     model_config = sections["model"]
     init_args = model_config.setdefault("init_args", {})
     if isinstance(init_args.get("backbone"), dict):  # the links of metaclinic.cli, stated here
@@ -136,28 +134,11 @@ def _instantiate(key: str, base: type, section: Any, config: Path, **links: Any)
         raise DataError(f"{config}: the {key} section cannot be built: {error}") from None
 
 
-def _input_shape(data: EpisodicDataModule, state: dict[str, Any], ckpt_path: Path) -> tuple[int, ...]:
-    if isinstance(data, TableEpisodes):
-        if "preprocessor" not in state:
-            raise DataError(f"{ckpt_path} holds no table preprocessing; was it written by metaclinic.fit?")
-        return (TablePreprocessor.from_state_dict(state["preprocessor"]).width,)
-    return tuple(data.example_shape)
-
-
 def case_reader(
     meta_trained: MetaTrained, label_column: str | None = None, id_column: str | None = None
-) -> TableCases | ImageCases:
+) -> CaseReader:
     """Reads support and prediction sets in the format ``meta_trained`` was trained on."""
-    data, shape = meta_trained.data, meta_trained.input_shape
-    if isinstance(data, TableEpisodes):
-        preprocessor = TablePreprocessor.from_state_dict(meta_trained.data_state["preprocessor"])
-        return TableCases(data.spec, preprocessor, label_column, id_column)
-    for option, value in (("--label_column", label_column), ("--id_column", id_column)):
-        if value is not None:
-            raise DataError(f"{option} is for table models; {type(data).__name__} reads images")
-    if len(shape) == 3 and shape[0] in (1, 3) and shape[1] == shape[2]:
-        return ImageCases(shape[0], shape[1], data.prepare_inputs)
-    raise DataError(f"{type(data).__name__}: no reader of new cases for inputs of shape {shape}")
+    return meta_trained.data.case_reader(meta_trained.data_state, label_column, id_column)
 
 
 @dataclass
@@ -223,7 +204,7 @@ def _write_predictions(path: Path, cases: Cases, classes: list[str], probabiliti
     table.to_csv(path, index=False)
 
 
-def _model_info(meta_trained: MetaTrained, reader: TableCases | ImageCases, support: SupportSet) -> dict:
+def _model_info(meta_trained: MetaTrained, reader: CaseReader, support: SupportSet) -> dict:
     batch_dependent = uses_batch_statistics(meta_trained.model)
     return {
         "file": MODEL_FILE,

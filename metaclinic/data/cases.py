@@ -11,7 +11,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -56,6 +56,18 @@ class Cases:
     x: Tensor
     ids: pd.DataFrame
     source: str
+
+
+class CaseReader(Protocol):
+    """Reads a clinic's cases in the format a model was trained on (a data module's ``case_reader``)."""
+
+    def read_support(self, path: str | Path) -> SupportSet: ...
+
+    def read_cases(self, path: str | Path) -> Cases: ...
+
+    def describe(self) -> dict[str, Any]:
+        """How to make the adapted model's inputs (``adapted_model.json``); no patient values."""
+        ...
 
 
 def _sorted_by_class(

@@ -7,7 +7,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -18,6 +18,9 @@ from metaclinic.data.episodes import EpisodeDataset, MetaBatchSampler, Resumable
 from metaclinic.data.pool import ClassPool
 from metaclinic.data.task import TaskBatch
 from metaclinic.errors import DataError
+
+if TYPE_CHECKING:
+    from metaclinic.data.cases import CaseReader
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +127,30 @@ class EpisodicDataModule(LightningDataModule):
     def prepare_inputs(self, x: torch.Tensor) -> torch.Tensor:
         """Turns stored examples into model inputs on the device (e.g. uint8 images to floats)."""
         return x
+
+    def saved_input_shape(self, state: dict[str, Any], source: str) -> tuple[int, ...]:
+        """The trained model's input shape, from this data's checkpoint state (``state_dict``, read from
+        ``source``): adapting a model to a clinic's cases reads no training data. Default: ``example_shape``.
+        """
+        return tuple(self.example_shape)
+
+    def case_reader(
+        self, state: dict[str, Any], label_column: str | None = None, id_column: str | None = None
+    ) -> CaseReader:
+        """Reads a clinic's labelled and new cases as the model was trained on them (``metaclinic.adapt``).
+
+        The default reads images (a folder of class folders, and images to predict) for models of
+        ``(channels, size, size)`` inputs; a data kind of other inputs overrides it.
+        """
+        from metaclinic.data.cases import ImageCases  # reads with image_folder, which builds on this module
+
+        for option, value in (("--label_column", label_column), ("--id_column", id_column)):
+            if value is not None:
+                raise DataError(f"{option} is for table models; {type(self).__name__} reads images")
+        shape = tuple(self.example_shape)
+        if len(shape) == 3 and shape[0] in (1, 3) and shape[1] == shape[2]:
+            return ImageCases(shape[0], shape[1], self.prepare_inputs)
+        raise DataError(f"{type(self).__name__}: no reader of new cases for inputs of shape {shape}")
 
     def unlabelled_examples(self) -> torch.Tensor | None:
         """Stored examples without labels for training (e.g. unlabelled images of the target domain)."""

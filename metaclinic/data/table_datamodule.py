@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from metaclinic.data.cases import TableCases
 from metaclinic.data.column_roles import ColumnRoles, infer_roles
 from metaclinic.data.datamodule import SPLITS, EpisodicDataModule, default_data_root
 from metaclinic.data.pool import ClassInfo, ClassPool
@@ -177,6 +178,23 @@ class TableEpisodes(EpisodicDataModule):
             features = self._features(self.preprocessor)
             for pool in self.pools.values():
                 pool.examples = features
+
+    def saved_input_shape(self, state: dict[str, Any], source: str) -> tuple[int, ...]:
+        """The encoded width of the checkpoint's preprocessing (the table itself is not read)."""
+        return (self._saved_preprocessor(state, source).width,)
+
+    def case_reader(
+        self, state: dict[str, Any], label_column: str | None = None, id_column: str | None = None
+    ) -> TableCases:
+        """Reads support and prediction tables with this table's settings and the checkpoint's encoding."""
+        preprocessor = self._saved_preprocessor(state, "the checkpoint")
+        return TableCases(self.spec, preprocessor, label_column, id_column)
+
+    @staticmethod
+    def _saved_preprocessor(state: dict[str, Any], source: str) -> TablePreprocessor:
+        if "preprocessor" not in state:
+            raise DataError(f"{source} holds no table preprocessing; was it written by metaclinic.fit?")
+        return TablePreprocessor.from_state_dict(state["preprocessor"])
 
     # -- evaluation-only runs and empty splits ---------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
