@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from .conftest import REPO
 
@@ -31,15 +32,19 @@ ALGORITHMS = {
 
 def config_for(algorithm: str, tmp_path: Path) -> Path:
     """The algorithm's MedMNIST config, checkpointing once at the end of the short run."""
-    text = (REPO / f"configs/{algorithm}_medmnist.yaml").read_text()
-    callbacks = text.index("  callbacks:")
-    text = text[:callbacks] + (
-        "  callbacks:\n"
-        "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
-        f"      init_args: {{filename: last, every_n_train_steps: {STEPS}, enable_version_counter: false}}\n"
-    )
+    config = yaml.safe_load((REPO / f"configs/{algorithm}_medmnist.yaml").read_text())
+    parts = REPO / "configs"
+    trainer = yaml.safe_load((parts / config["trainer"]).read_text())
+    trainer["callbacks"] = [
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {"filename": "last", "every_n_train_steps": STEPS, "enable_version_counter": False},
+        }
+    ]
+    config["trainer"], config["data"] = trainer, str(parts / config["data"])
+    config["model"]["init_args"]["backbone"] = str(parts / config["model"]["init_args"]["backbone"])
     path = tmp_path / f"{algorithm}.yaml"
-    path.write_text(text)
+    path.write_text(yaml.safe_dump(config))
     return path
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,18 +15,11 @@ from torchmetrics import CatMetric, MeanMetric
 
 from metaclinic.algorithms.adapted import SupportSetClassifier
 from metaclinic.algorithms.initialisation import load_backbone
-from metaclinic.data.pool import ClassPool
 from metaclinic.data.task import Task, TaskBatch
-from metaclinic.metrics import (
-    BINARY_METRICS,
-    METRICS,
-    episode_accuracy,
-    episode_calibration_error,
-    episode_metrics,
-    reliability_bins,
-)
+from metaclinic.metrics import episode_accuracy
 from metaclinic.models.normalization import normalises_per_episode, support_rows, uses_batch_statistics
-from metaclinic.report import MIXED_DOMAIN, MetaTestReport
+from metaclinic.recorder import MetaTestRecorder
+from metaclinic.report import MetaTestReport
 
 
 def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
@@ -80,17 +72,8 @@ class EpisodicModule(LightningModule):
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.val_loss, self.val_acc = MeanMetric(), MeanMetric()
-        # Every meta-test episode's metrics, index and domain code, gathered across processes at the end.
-        # NaN is kept so the values stay aligned: it marks the binary metrics of non-binary episodes.
-        self.test_episode_values = nn.ModuleDict(
-            {
-                name: CatMetric(nan_strategy="disable")
-                for name in (*METRICS, "ece_uncalibrated", *BINARY_METRICS, "episode_index", "domain")
-            }
-        )
-        # Every query's top-class probability and correctness, pooled for the reliability diagram.
-        self.test_query_confidence, self.test_query_correct = CatMetric(), CatMetric()
-        self.test_uncalibrated_confidence = CatMetric()
+        # Every meta-test episode's metrics, turned into the report at the end (gathered across processes).
+        self.test_recorder = MetaTestRecorder()
         self.test_report: MetaTestReport | None = None
         # Probabilities are softmax(logits / temperature); the temperature is fitted on meta-validation
         # episodes after training (metaclinic.calibration) and saved with the weights.
@@ -260,39 +243,19 @@ class EpisodicModule(LightningModule):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def test_step(self, batch: TaskBatch, batch_idx: int) -> None:
-        pool = self._meta_test_pool()
         for method in (self, *self.reference_methods):
-            method.record_test_episodes(method.class_logits(method.checked_scores(batch), batch), batch, pool)
-
-    def record_test_episodes(self, logits: Tensor, batch: TaskBatch, pool: ClassPool | None) -> None:
-        """Keeps every episode's metrics and every query's confidence for the meta-test report.
-
-        Metrics are those of the calibrated probabilities (``logits / temperature``); ``ece_uncalibrated``
-        and the uncalibrated confidences keep what temperature scaling changed.
-        """
-        uncalibrated = logits.detach().float()
-        logits = uncalibrated / self.calibration_temperature
-        values = episode_metrics(logits, batch.query_y, self.positive_classes(pool, batch.classes))
-        values["ece_uncalibrated"] = episode_calibration_error(uncalibrated, batch.query_y)
-        not_binary = torch.full((len(batch),), math.nan, device=logits.device)
-        values.update({name: values.get(name, not_binary) for name in BINARY_METRICS})
-        values.update(episode_index=batch.episode_index, domain=self.domain_codes(pool, batch.classes))
-        for name, metric in self.test_episode_values.items():
-            metric.update(values[name])
-        confidence, predicted = logits.detach().float().softmax(-1).max(-1)
-        self.test_query_confidence.update(confidence.flatten())
-        self.test_query_correct.update((predicted == batch.query_y).float().flatten())
-        self.test_uncalibrated_confidence.update(uncalibrated.softmax(-1).max(-1).values.flatten())
+            logits = method.class_logits(method.checked_scores(batch), batch)
+            method.test_recorder.record(logits, batch, method.calibration_temperature)
 
     def on_test_start(self) -> None:
         for method in self.reference_methods:
             method.to(self.device).eval()
 
     def on_test_epoch_end(self) -> None:
-        pool, data = self._meta_test_pool(), self.trainer.datamodule
-        self.test_report = self.summarise_test_episodes(pool, data)
+        domains = getattr(self.trainer.datamodule, "domain_names", lambda split: None)("meta_test")
+        self.test_report = self.summarise_test_episodes(domains)
         self.test_report.references = {
-            type(m).__name__: m.summarise_test_episodes(pool, data) for m in self.reference_methods
+            type(m).__name__: m.summarise_test_episodes(domains) for m in self.reference_methods
         }
         logged = {"test/transductive": float(self.transductive)}
         for name, estimate in self.test_report.metrics.items():
@@ -300,70 +263,10 @@ class EpisodicModule(LightningModule):
             logged.update({f"test/{key}": estimate.mean, f"test/{key}_ci95": estimate.ci95})
         self.log_dict(logged)
 
-    def summarise_test_episodes(self, pool: ClassPool | None, data: Any) -> MetaTestReport:
+    def summarise_test_episodes(self, domain_names: list[str] | None) -> MetaTestReport:
         """The meta-test report of the episodes recorded since the last one (gathered across processes)."""
-        values = {name: metric.compute() for name, metric in self.test_episode_values.items()}
-        correct = self.test_query_correct.compute()
-        reliability = reliability_bins(self.test_query_confidence.compute(), correct)
-        uncalibrated = reliability_bins(self.test_uncalibrated_confidence.compute(), correct)
-        for metric in [
-            *self.test_episode_values.values(),
-            self.test_query_confidence,
-            self.test_query_correct,
-            self.test_uncalibrated_confidence,
-        ]:
-            metric.reset()
-        episode_index, codes = values.pop("episode_index").long(), values.pop("domain").long()
-        # Sensitivity and specificity only when every episode is binary.
-        values = {name: v for name, v in values.items() if name in METRICS or not v.isnan().any()}
-        domains = None
-        if pool is not None and len(pool.domains()) > 1:
-            names = list(pool.domains())
-            domains = [names[c] if c >= 0 else MIXED_DOMAIN for c in codes.tolist()]
-        report = MetaTestReport.of_episodes(
-            type(self).__name__,
-            n_way=getattr(data, "n_way", -1),
-            n_shot=getattr(data, "n_shot", -1),
-            n_query=getattr(data, "n_query", -1),
-            values=values,
-            episode_index=episode_index,
-            domains=domains,
-        )
-        report.reliability, report.reliability_uncalibrated = reliability, uncalibrated
-        report.extra["temperature"] = float(self.calibration_temperature)
-        return report
-
-    def _meta_test_pool(self) -> ClassPool | None:
-        pools = getattr(self.trainer.datamodule, "pools", None)
-        return pools.get("meta_test") if isinstance(pools, dict) else None
-
-    @staticmethod
-    def positive_classes(pool: ClassPool | None, classes: Tensor) -> Tensor | None:
-        """Local id of each binary episode's positive class (for sensitivity and specificity), ``(tasks,)``.
-
-        Episode-local ids are arbitrary, so the positive class is the one whose :attr:`ClassInfo.target` sorts
-        last: ``"1"`` of a ``"0"``/``"1"`` diagnosis (tables with ``positive_above``), the larger key
-        otherwise. With equal targets, or no pool to look them up, it is local class 1, the second class.
-        ``None`` for episodes of more than two classes.
-        """
-        if classes.shape[-1] != 2:
-            return None
-        if pool is None:
-            return torch.ones(len(classes), dtype=torch.long, device=classes.device)
-        targets = [[pool.classes[c].target for c in episode] for episode in classes.tolist()]
-        return torch.tensor([int(t1 >= t0) for t0, t1 in targets], device=classes.device)
-
-    @staticmethod
-    def domain_codes(pool: ClassPool | None, classes: Tensor) -> Tensor:
-        """Each episode's domain as its position in ``pool.domains()``; -1 when its classes span several."""
-        if pool is None:
-            return torch.full((len(classes),), -1, device=classes.device)
-        position = {domain: i for i, domain in enumerate(pool.domains())}
-        codes = [
-            position[pool.classes[ids[0]].domain] if len({pool.classes[c].domain for c in ids}) == 1 else -1
-            for ids in classes.tolist()
-        ]
-        return torch.tensor(codes, device=classes.device)
+        temperature = float(self.calibration_temperature)
+        return self.test_recorder.report(type(self).__name__, domain_names, temperature)
 
     # -- set-up ----------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:

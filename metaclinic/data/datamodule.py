@@ -128,6 +128,10 @@ class EpisodicDataModule(LightningDataModule):
         """Turns stored examples into model inputs on the device (e.g. uint8 images to floats)."""
         return x
 
+    def domain_names(self, split: str) -> list[str] | None:
+        """The domains (hospitals, data sets) of ``split``, indexed by its episodes' ``domain`` codes."""
+        return None if self.pools is None else list(self.pools[split].domains())
+
     def saved_input_shape(self, state: dict[str, Any], source: str) -> tuple[int, ...]:
         """The trained model's input shape, from this data's checkpoint state (``state_dict``, read from
         ``source``): adapting a model to a clinic's cases reads no training data. Default: ``example_shape``.

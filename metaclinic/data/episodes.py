@@ -59,6 +59,7 @@ class EpisodeDataset(Dataset):
         self.pool, self.n_way, self.n_shot, self.n_query = pool, n_way, n_shot, n_query
         self.seed, self.stream, self.num_episodes = seed, stream, num_episodes
         self._sizes = np.array(pool.class_sizes())
+        self._domain_position = {domain: i for i, domain in enumerate(pool.domains())}
         grouped = pool.groups is not None
         self._patients = [_patients_of(pool, c) for c in range(pool.num_classes)] if grouped else None
 
@@ -82,8 +83,24 @@ class EpisodeDataset(Dataset):
             query_x=self.pool.examples[query],
             query_y=labels.repeat_interleave(self.n_query),
             classes=torch.from_numpy(classes).long(),
+            positive_class=torch.tensor(self._positive_class(classes)),
+            domain=torch.tensor(self._domain_code(classes)),
         )
         return task, episode
+
+    def _positive_class(self, classes: np.ndarray) -> int:
+        """A binary episode's positive class: the one whose :attr:`ClassInfo.target` sorts last (``"1"`` of a
+        ``"0"``/``"1"`` diagnosis, tables with ``positive_above``; the larger key otherwise), local class 1
+        when the targets are equal. Local ids are arbitrary, so this is what says which class is positive.
+        -1 for episodes of more than two classes."""
+        if len(classes) != 2:
+            return -1
+        first, second = (self.pool.classes[c].target for c in classes)
+        return int(second >= first)
+
+    def _domain_code(self, classes: np.ndarray) -> int:
+        domains = {self.pool.classes[c].domain for c in classes}
+        return self._domain_position[domains.pop()] if len(domains) == 1 else -1
 
     def _draw_examples(self, rng: np.random.Generator, classes: np.ndarray, episode: int) -> torch.Tensor:
         """Example indices ``(n_way, n_shot + n_query)``: support first, then query, per class."""

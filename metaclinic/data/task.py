@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+
+EPISODE_FACTS = ("positive_class", "domain")  # what the data layer tells the report about each episode
 
 
 @dataclass
@@ -17,6 +19,11 @@ class Task:
 
     Shapes: ``support_x (n_way * n_shot, *example)``, ``support_y (n_way * n_shot,)``,
     ``query_x (n_way * n_query, *example)``, ``query_y (n_way * n_query,)``, ``classes (n_way,)``.
+
+    What the report needs to know of the episode, set by the data layer (``None`` in episodes built by
+    hand): ``positive_class``, the local id of a binary episode's positive class (-1 otherwise), and
+    ``domain``, the position of the episode's domain (hospital, data set) among its split's domains (-1 when
+    its classes come from several); both scalars, ``(tasks,)`` in a :class:`TaskBatch`.
     """
 
     support_x: Tensor
@@ -24,6 +31,8 @@ class Task:
     query_x: Tensor
     query_y: Tensor
     classes: Tensor
+    positive_class: Tensor | None = field(default=None, kw_only=True)
+    domain: Tensor | None = field(default=None, kw_only=True)
 
     @property
     def n_way(self) -> int:
@@ -52,13 +61,14 @@ class TaskBatch(Task):
             raise TypeError(f"a TaskBatch is indexed with a slice (batch[i : i + 1]), not {tasks!r}")
         fields = ("support_x", "support_y", "query_x", "query_y", "classes", "episode_index")
         sliced = {f: getattr(self, f)[tasks] for f in fields}
-        return TaskBatch(**sliced, meta_batch_index=self.meta_batch_index)
+        about = {f: None if getattr(self, f) is None else getattr(self, f)[tasks] for f in EPISODE_FACTS}
+        return TaskBatch(**sliced, **about, meta_batch_index=self.meta_batch_index)
 
     def __iter__(self) -> Iterator[Task]:
         for i in range(len(self)):
-            yield Task(
-                self.support_x[i], self.support_y[i], self.query_x[i], self.query_y[i], self.classes[i]
-            )
+            about = {f: None if getattr(self, f) is None else getattr(self, f)[i] for f in EPISODE_FACTS}
+            pairs = (self.support_x[i], self.support_y[i], self.query_x[i], self.query_y[i])
+            yield Task(*pairs, self.classes[i], **about)
 
     @classmethod
     def collate(cls, tasks: Sequence[tuple[Task, int]], meta_batch_size: int | None = None) -> TaskBatch:
@@ -69,6 +79,9 @@ class TaskBatch(Task):
         """
         fields = ("support_x", "support_y", "query_x", "query_y", "classes")
         stacked = {f: torch.stack([getattr(t, f) for t, _ in tasks]) for f in fields}
+        for f in EPISODE_FACTS:
+            known = [getattr(t, f) for t, _ in tasks]
+            stacked[f] = None if any(v is None for v in known) else torch.stack(known)
         episodes = torch.tensor([i for _, i in tasks], dtype=torch.long)
         meta_batch = tasks[0][1] // meta_batch_size if meta_batch_size else -1
         return cls(**stacked, episode_index=episodes, meta_batch_index=meta_batch)
