@@ -29,6 +29,7 @@ from lightning.pytorch.loggers import WandbLogger
 from metaclinic.algorithms.base import EpisodicModule
 from metaclinic.callbacks import CheckpointOnSigterm, MetaBatchSeeding
 from metaclinic.callbacks import ModelCheckpoint as StepEndCheckpoint
+from metaclinic.config_errors import ConfigParser
 from metaclinic.data.datamodule import EpisodicDataModule
 from metaclinic.errors import DataError, WriteError
 from metaclinic.report import REPORT_FILE, MetaTestReport
@@ -95,6 +96,7 @@ class MetaClinicCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,  # algorithms take their optimizer in the constructor
             parser_kwargs={"prog": "python -m metaclinic.fit"},
+            parser_class=ConfigParser,  # unknown keys: the key and the closest valid one, no usage dump
             run=False,
             args=args,
             **kwargs,

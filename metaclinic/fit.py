@@ -77,7 +77,21 @@ def write_validation_score(trainer: Trainer, run_dir: Path) -> None:
     log.info("best val/acc %.4f (%s); meta-test not run", record["val_acc"], best.best_model_path)
 
 
+def show_info_logs() -> None:
+    """Prints metaclinic's INFO lines (column roles, splits, dropped rows) on the command line.
+
+    Without a handler, Python shows only warnings; set-up decisions a user should see are logged at INFO.
+    """
+    logger = logging.getLogger("metaclinic")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(args: list[str] | None = None) -> None:
+    show_info_logs()
     try:
         run(args)
     except MetaclinicError as error:  # bad input or a failed write: the message says it all
