@@ -42,6 +42,8 @@ def explain_config_error(message: str, parser: Any) -> str:
     found = next((m for p in UNKNOWN_KEY for m in [p.search(message)] if m), None)
     if found is None:
         lines = [line for line in message.splitlines() if not any(n.search(line) for n in NOISE)]
+        if "Expected a <class 'str'>. Got value:" in message:  # YAML read a label value or site as a number
+            lines.append('(YAML reads 0, 1 or 2.5 as numbers; quote label values and sites: ["0", "1"])')
         return "error: " + "\n".join(lines) + f"\n{tip}"
     group, key = found.groupdict().get("group"), found.group("key")
     owner = re.search(r"Problem with given class_path '(?P<path>[^']+)'", message)

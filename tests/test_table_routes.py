@@ -327,6 +327,12 @@ def test_a_config_typo_shows_the_key_and_the_closest_one_without_usage(tmp_path:
     assert capsys.readouterr().err.splitlines()[0] == (
         "error: unknown config key trainer.max_stepz; did you mean trainer.max_steps?"
     )
+    (tmp_path / "numbers.yaml").write_text(config.replace('meta_test: ["0", "1"]', "meta_test: [0, 1]"))
+    with pytest.raises(SystemExit):
+        MetaClinicCLI(args=["--config", str(tmp_path / "numbers.yaml")])
+    err = capsys.readouterr().err
+    assert "Expected a <class 'str'>. Got value: 0" in err and "usage:" not in err
+    assert '(YAML reads 0, 1 or 2.5 as numbers; quote label values and sites: ["0", "1"])' in err
 
 
 def test_no_validation_split_trains_without_lightning_noise(tmp_path: Path):
