@@ -134,13 +134,6 @@ def _instantiate(key: str, base: type, section: Any, config: Path, **links: Any)
         raise DataError(f"{config}: the {key} section cannot be built: {error}") from None
 
 
-def case_reader(
-    meta_trained: MetaTrained, label_column: str | None = None, id_column: str | None = None
-) -> CaseReader:
-    """Reads support and prediction sets in the format ``meta_trained`` was trained on."""
-    return meta_trained.data.case_reader(meta_trained.data_state, label_column, id_column)
-
-
 @dataclass
 class Adapted:
     """What ``adapt`` computed and wrote."""
@@ -164,7 +157,7 @@ def adapt(
     """Adapts the checkpoint to ``support``, predicts ``predict`` and writes the three files into ``out``."""
     meta_trained = load_meta_trained(ckpt_path, config)
     model = meta_trained.model
-    reader = case_reader(meta_trained, label_column, id_column)
+    reader = meta_trained.data.case_reader(meta_trained.data_state, label_column, id_column)
     support_set = reader.read_support(support)
     check_support(model, support_set.classes, support_set.source)
     cases = reader.read_cases(predict)

@@ -167,18 +167,25 @@ def write_png(path: Path, image: torch.Tensor) -> None:
     Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)).save(path)
 
 
+def write_image_cases(pool, folder: Path) -> tuple[list[torch.Tensor], list[int]]:
+    """K support images of every meta-test class in ``folder/support/class<j>/`` and two more of each in
+    ``folder/predict/``; returns their rows in ``pool``."""
+    support_rows = [rows[:K] for rows in pool.class_indices]
+    query_rows = [int(r) for rows in pool.class_indices for r in rows[K : K + 2]]
+    for j, rows in enumerate(support_rows):
+        for i, row in enumerate(rows.tolist()):
+            write_png(folder / "support" / f"class{j}" / f"{i}.png", pool.examples[row])
+    for i, row in enumerate(query_rows):
+        write_png(folder / "predict" / f"case{i:02d}.png", pool.examples[row])
+    return support_rows, query_rows
+
+
 def test_an_image_model_adapts_to_class_folders(image_checkpoint: Path, tmp_path: Path):
     meta_trained = load_meta_trained(image_checkpoint)
     data = meta_trained.data
     data.setup()
     pool = data.pools["meta_test"]
-    support_rows = [rows[:K] for rows in pool.class_indices]
-    query_rows = [int(r) for rows in pool.class_indices for r in rows[K : K + 2]]
-    for j, rows in enumerate(support_rows):
-        for i, row in enumerate(rows.tolist()):
-            write_png(tmp_path / "support" / f"class{j}" / f"{i}.png", pool.examples[row])
-    for i, row in enumerate(query_rows):
-        write_png(tmp_path / "predict" / f"case{i:02d}.png", pool.examples[row])
+    support_rows, query_rows = write_image_cases(pool, tmp_path)
 
     out = tmp_path / "adapted"
     main([f"--ckpt_path={image_checkpoint}", f"--support={tmp_path / 'support'}",

@@ -14,6 +14,7 @@ import yaml
 from torch import Tensor
 
 from metaclinic import registry
+from metaclinic.adapt import load_meta_trained
 from metaclinic.adapt import main as adapt_main
 from metaclinic.algorithms import MetricModule
 from metaclinic.data.task import TaskBatch
@@ -21,7 +22,7 @@ from metaclinic.evaluate import main as evaluate_main
 from metaclinic.registry import METHODS, Method
 
 from .conftest import REPO, fit_in_process
-from .test_adapt import K, csv_probabilities, evaluation_probabilities, exported_probabilities, write_png
+from .test_adapt import csv_probabilities, evaluation_probabilities, exported_probabilities, write_image_cases
 
 SHARED_PARTS = {
     "data": "parts/medmnist_data.yaml",
@@ -117,19 +118,11 @@ def test_a_new_algorithm_runs_through_fit_evaluate_adapt_and_export_from_its_ent
     curve = json.loads((run_dir / "evaluation" / "shot_curve.json").read_text())
     assert curve["1"]["metrics"]["accuracy"]["mean"] > 0.3  # chance is 0.2
 
-    from metaclinic.adapt import load_meta_trained
-
     meta_trained = load_meta_trained(checkpoint)
     data = meta_trained.data
     data.setup()
     pool = data.pools["meta_test"]
-    support_rows = [rows[:K] for rows in pool.class_indices]
-    query_rows = [int(r) for rows in pool.class_indices for r in rows[K : K + 2]]
-    for j, rows in enumerate(support_rows):
-        for i, row in enumerate(rows.tolist()):
-            write_png(tmp_path / "support" / f"class{j}" / f"{i}.png", pool.examples[row])
-    for i, row in enumerate(query_rows):
-        write_png(tmp_path / "predict" / f"case{i:02d}.png", pool.examples[row])
+    support_rows, query_rows = write_image_cases(pool, tmp_path)
     out = tmp_path / "adapted"
     adapt_main([f"--ckpt_path={checkpoint}", f"--support={tmp_path / 'support'}",
                 f"--predict={tmp_path / 'predict'}", f"--out={out}"])  # fmt: skip

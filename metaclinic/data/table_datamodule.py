@@ -358,13 +358,23 @@ class TableEpisodes(EpisodicDataModule):
             return ClassInfo(f"{domain}={value}", f"{domain}={value}", domain)
         return ClassInfo(value, f"{column}={value}", domain, label=value)
 
-    def _class_tasks(self, table: Table, problems: Problems) -> Classes | None:
+    def _label_values(
+        self, table: Table, problems: Problems, shared: bool
+    ) -> tuple[str, np.ndarray, list[str]] | None:
+        """The label column, its value per row and its distinct values, checked against the selectors."""
         column = self.spec.label_columns[0]
         labels = self._labels(table, column, required=True, problems=problems)
         if labels is None:
             return None
         values = sorted(set(labels))
-        self._check_selectors(values, f"value(s) of {column!r}", problems, shared=False)
+        self._check_selectors(values, f"value(s) of {column!r}", problems, shared=shared)
+        return column, labels, values
+
+    def _class_tasks(self, table: Table, problems: Problems) -> Classes | None:
+        found = self._label_values(table, problems, shared=False)
+        if found is None:
+            return None
+        column, labels, values = found
         for split in SPLITS:
             chosen = self.selectors[split]
             if chosen and len(chosen) < self.n_way:
@@ -443,12 +453,10 @@ class TableEpisodes(EpisodicDataModule):
 
     def _cohort_tasks(self, table: Table, problems: Problems) -> Classes | None:
         """One outcome, patients divided between the splits: each split's classes are its own patients'."""
-        column = self.spec.label_columns[0]
-        labels = self._labels(table, column, required=True, problems=problems)
-        if labels is None:
+        found = self._label_values(table, problems, shared=True)
+        if found is None:
             return None
-        values = sorted(set(labels))
-        self._check_selectors(values, f"value(s) of {column!r}", problems, shared=True)
+        column, labels, values = found
         split_of_row = self._divide_patients(len(table))
         return {
             split: [
