@@ -35,7 +35,7 @@ PROTOCOL = [
     "--trainer.logger=false",
 ]
 AUGMENT = (
-    '--data.init_args.augmentation={"class_path": "metaclinic.data.augmentation.ImageAugmentation", '
+    '--data.init_args.augmentation={"class_path": "metaclinic.models.augmentation.ImageAugmentation", '
     '"init_args": {"vertical_flip": true}}'
 )
 UNLABELLED = [

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from metaclinic.data import TableEpisodes, TableSpec
-from metaclinic.data.augmentation import ImageAugmentation
 from metaclinic.errors import DataError
+from metaclinic.models.augmentation import ImageAugmentation
 
 from .test_maml import make_maml, quiet_trainer
 

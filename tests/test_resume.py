@@ -13,8 +13,8 @@ import torch
 from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from metaclinic.data.augmentation import ImageAugmentation
 from metaclinic.errors import DataError
+from metaclinic.models.augmentation import ImageAugmentation
 
 from .test_maml import make_maml, quiet_trainer
 

@@ -1,16 +1,17 @@
 """Adapted models: a meta-trained model after adapting to one support set, as a plain ``nn.Module``.
 
-Each maps preprocessed inputs ``(batch, *example)`` to class logits ``(batch, n_classes)`` (made probabilities
-with the model's temperature by :class:`CalibratedProbabilities`) and holds
-only tensors and standard layers, so ``torch.export`` saves it to load without metaclinic, learn2learn or
-Lightning. Every algorithm returns its own from :meth:`EpisodicModule.adapted_classifier`.
+:meth:`EpisodicModule.adapt` returns one of these for a task; its ``forward`` maps query inputs
+``(queries, *example)`` to class logits ``(queries, n_way)``. It is the evaluation path itself, not a second
+form of it: an algorithm either scores its episodes through its adapted models (the default
+``score_tasks``: MAML, ANIL, Baseline), or its adapted model scores through the algorithm's own
+``score_tasks`` (:class:`SupportSetClassifier`: ProtoNet, Matching, Relation and Siamese networks).
+``metaclinic.adapt`` predicts with the same module and exports it with ``torch.export`` (after
+:func:`frozen`), so the exported model cannot compute something other than what evaluation scored.
 
-Networks that normalise with the support set's moments (Conv4's default, see
-:mod:`metaclinic.models.normalization`) hold those moments as buffers (``freeze_support_statistics``), so
-every case is scored on its own, as in evaluation. With transductive batch norm (batch statistics),
-evaluation normalises each episode's inputs together, so the adapted models embed their inputs together
-with the support set (or, for a whole network, the inputs alone as a query set): called with all the cases
-of an episode at once, they give exactly the probabilities evaluation gives.
+Adapted models keep their support set and embed it together with the inputs (``forward_queries``,
+``embed_jointly``), as evaluation does: support-statistics normalisation then takes its moments from the
+support rows, so every case is scored from the support set and itself alone. With transductive batch norm
+(batch statistics) the inputs are normalised together, exactly as evaluation normalises a query set.
 """
 
 from __future__ import annotations
@@ -20,28 +21,29 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from metaclinic.algorithms.pooling import class_means, prototype_logits
-from metaclinic.data.task import TaskBatch
-from metaclinic.models.normalization import freeze_support_statistics, uses_batch_statistics
+from metaclinic.data.task import Task, TaskBatch
+from metaclinic.models.normalization import embed_jointly, forward_queries
 
 
-def one_episode(support_x: Tensor, support_y: Tensor, query_x: Tensor, n_way: int) -> TaskBatch:
-    """A meta-batch of one episode whose query set is ``query_x`` (its labels are placeholders, unused)."""
-    return TaskBatch(
-        support_x=support_x.unsqueeze(0),
-        support_y=support_y.unsqueeze(0),
-        query_x=query_x.unsqueeze(0),
-        query_y=query_x.new_zeros(query_x.shape[0], dtype=torch.long).unsqueeze(0),
-        classes=torch.arange(n_way, device=query_x.device).unsqueeze(0),
-        episode_index=torch.zeros(1, dtype=torch.long),
+def one_episode(support_x: Tensor, support_y: Tensor, query_x: Tensor, n_way: int) -> Task:
+    """The episode whose query set is ``query_x`` (its labels are placeholders, unused)."""
+    return Task(
+        support_x=support_x,
+        support_y=support_y,
+        query_x=query_x,
+        query_y=query_x.new_zeros(query_x.shape[0], dtype=torch.long),
+        classes=torch.arange(n_way, device=query_x.device),
     )
 
 
-def with_weights(template: nn.Module, adapted: nn.Module) -> nn.Module:
-    """A copy of ``template`` holding the (plain-tensor) weights of a learn2learn clone as parameters."""
-    network = copy.deepcopy(template)
-    network.load_state_dict(adapted.state_dict())
-    return network.requires_grad_(False)
+def frozen(adapted: nn.Module) -> nn.Module:
+    """A copy of ``adapted`` holding plain tensors: learn2learn's adapted weights (non-leaf tensors with a
+    graph back to the meta-parameters) become constant parameters, so the copy can be saved and exported."""
+    for module in adapted.modules():
+        for name, tensor in list(module._parameters.items()):
+            if tensor is not None and not tensor.is_leaf:
+                module._parameters[name] = nn.Parameter(tensor.detach().clone(), requires_grad=False)
+    return copy.deepcopy(adapted).requires_grad_(False)
 
 
 class CalibratedProbabilities(nn.Module):
@@ -52,18 +54,19 @@ class CalibratedProbabilities(nn.Module):
         self.adapted, self.temperature = adapted, temperature
 
     def forward(self, x: Tensor) -> Tensor:
-        return (self.adapted(x) / self.temperature).softmax(-1)
+        return (self.adapted(x).float() / self.temperature).softmax(-1)
 
 
 class AdaptedNetwork(nn.Module):
-    """A whole network with adapted weights (MAML, FOMAML, Meta-SGD, Reptile) and its support's moments."""
+    """A whole network with adapted weights (MAML, FOMAML, Meta-SGD, Reptile), called with its support set."""
 
     def __init__(self, network: nn.Module, support_x: Tensor) -> None:
         super().__init__()
-        self.network = freeze_support_statistics(network, support_x)
+        self.network = network
+        self.register_buffer("support_x", support_x)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.network(x)
+        return forward_queries(self.network, self.support_x, x)
 
 
 class AdaptedHead(nn.Module):
@@ -71,66 +74,37 @@ class AdaptedHead(nn.Module):
 
     def __init__(self, backbone: nn.Module, head: nn.Module, support_x: Tensor) -> None:
         super().__init__()
-        self.backbone, self.head = freeze_support_statistics(backbone, support_x), head
-        self.register_buffer("support_x", support_x.clone())
-        self.joint = uses_batch_statistics(backbone)
+        self.backbone, self.head = backbone, head
+        self.register_buffer("support_x", support_x)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.joint:
-            embeddings = self.backbone(torch.cat([self.support_x, x]))[self.support_x.shape[0] :]
-        else:
-            embeddings = self.backbone(x)
-        return self.head(embeddings)
-
-
-class PrototypeClassifier(nn.Module):
-    """A backbone with the class prototypes of the support set (ProtoNet).
-
-    Scores by ProtoNet's own ``prototype_logits``. With a batch-statistics backbone, prototypes are
-    recomputed at every call.
-    """
-
-    def __init__(
-        self, backbone: nn.Module, support_x: Tensor, support_y: Tensor, distance: str, temperature: float
-    ) -> None:
-        super().__init__()
-        self.backbone = freeze_support_statistics(copy.deepcopy(backbone), support_x)
-        self.distance, self.temperature = distance, temperature
-        self.n_way = int(support_y.max()) + 1
-        self.joint = uses_batch_statistics(self.backbone)
-        self.register_buffer("support_x", support_x.clone())
-        self.register_buffer("support_y", support_y.clone())
-        if not self.joint:
-            with torch.no_grad():
-                self.register_buffer("prototypes", self._prototypes(self.backbone(support_x)))
-
-    def _prototypes(self, support: Tensor) -> Tensor:
-        return class_means(support.unsqueeze(0), self.support_y.unsqueeze(0), self.n_way)[0]
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.joint:
-            embeddings = self.backbone(torch.cat([self.support_x, x]))
-            n_support = self.support_x.shape[0]
-            prototypes, query = self._prototypes(embeddings[:n_support]), embeddings[n_support:]
-        else:
-            prototypes, query = self.prototypes, self.backbone(x)
-        return prototype_logits(query, prototypes, self.distance, self.temperature)
+        _, query = embed_jointly(self.backbone, self.support_x.unsqueeze(0), x.unsqueeze(0))
+        return self.head(query[0])
 
 
 class SupportSetClassifier(nn.Module):
-    """An algorithm with its support set as buffers: every call scores the inputs as one query set.
+    """An algorithm and one support set: every call scores the inputs as that episode's query set.
 
-    The default adapted model (Matching, Relation and Siamese networks, SimpleShot): evaluation's own
-    ``score_tasks`` and ``class_logits``, so it needs nothing per algorithm.
+    The adapted model of algorithms that compare queries with the support set (and batch over tasks in
+    ``score_tasks``): evaluation's own ``score_tasks`` and ``class_logits`` on the episode.
     """
 
-    def __init__(self, algorithm: nn.Module, support_x: Tensor, support_y: Tensor) -> None:
+    def __init__(self, algorithm: nn.Module, task: Task) -> None:
         super().__init__()
-        self.algorithm = copy.deepcopy(algorithm)
-        self.register_buffer("support_x", support_x.clone())
-        self.register_buffer("support_y", support_y.clone())
-        self.n_way = int(support_y.max()) + 1
+        self.algorithm = algorithm
+        self.register_buffer("support_x", task.support_x)
+        self.register_buffer("support_y", task.support_y)
+        self.register_buffer("classes", task.classes)
+        self.episode_index = None if task.episode_index is None else int(task.episode_index)
+
+    def episode(self, x: Tensor) -> TaskBatch:
+        """The meta-batch of this support set with ``x`` as its query set."""
+        task = one_episode(self.support_x, self.support_y, x, len(self.classes))
+        task.classes = self.classes
+        if self.episode_index is not None:
+            task.episode_index = torch.tensor(self.episode_index)
+        return TaskBatch.of(task)
 
     def forward(self, x: Tensor) -> Tensor:
-        batch = one_episode(self.support_x, self.support_y, x, self.n_way)
+        batch = self.episode(x)
         return self.algorithm.class_logits(self.algorithm.score_tasks(batch), batch)[0]

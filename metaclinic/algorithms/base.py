@@ -17,7 +17,7 @@ from metaclinic.algorithms.adapted import SupportSetClassifier
 from metaclinic.algorithms.initialisation import load_backbone
 from metaclinic.data.task import Task, TaskBatch
 from metaclinic.metrics import episode_accuracy
-from metaclinic.models.normalization import normalises_per_episode, support_rows, uses_batch_statistics
+from metaclinic.models.normalization import embed_jointly, normalises_per_episode, uses_batch_statistics
 from metaclinic.recorder import MetaTestRecorder
 from metaclinic.report import MetaTestReport
 
@@ -33,7 +33,7 @@ class EpisodicModule(LightningModule):
     """Owns what all meta-algorithms share; a subclass only says how it adapts and scores.
 
     A training step takes a meta-batch of tasks, scores every task's query set after adapting to its support
-    set (``adapt_and_score``, or ``score_tasks`` for algorithms that batch over tasks), and returns the mean
+    set (``adapt``, or ``score_tasks`` for algorithms that batch over tasks), and returns the mean
     query loss for the outer update. Validation and test do the same without the outer update; test keeps
     every episode's metrics (:mod:`metaclinic.metrics`) for the meta-test report (mean with a 95% confidence
     interval, per episode, per domain).
@@ -81,21 +81,32 @@ class EpisodicModule(LightningModule):
         self.calibration_queries = False  # validation keeps its query logits while True (for calibration)
         self.calibration_logits, self.calibration_labels = CatMetric(), CatMetric()
 
-    # -- what an algorithm provides --------------------------------------------------------------------------
-    def adapt_and_score(self, task: Task) -> Tensor:
-        """Adapts to ``task``'s support set and returns query logits ``(n_way * n_query, n_way)``.
+    # -- what an algorithm provides: adapt, or score_tasks ---------------------------------------------------
+    def adapt(self, task: Task) -> nn.Module:
+        """This model adapted to ``task``'s support set: a module from query inputs to class logits.
 
-        Gradients are enabled in training; in evaluation they are off, and an algorithm that needs them for
-        its inner loop turns them on only there (``torch.enable_grad``), so no second-order graph is built.
+        The one scoring path (easyfsl's ``process_support_set`` then ``forward``): evaluation, ``metaclinic
+        .adapt`` and its export all score with what this returns (:mod:`metaclinic.algorithms.adapted`).
+        An algorithm that adapts weights (MAML, ANIL, Baseline) overrides it and keeps the default
+        ``score_tasks``; one that compares queries with the support set (and batches over tasks) overrides
+        ``score_tasks`` and keeps this default, an adapted model that scores through ``score_tasks``. Only
+        transductive batch norm looks at ``task.query_x`` (the query set it normalises with). Gradients are
+        enabled in training; in evaluation they are off, and an algorithm that needs them for its inner loop
+        turns them on only there (``torch.enable_grad``), so no second-order graph is built.
         """
-        raise NotImplementedError
+        if type(self).score_tasks is EpisodicModule.score_tasks:
+            raise NotImplementedError(f"{type(self).__name__} overrides neither adapt nor score_tasks")
+        return SupportSetClassifier(self, task)
 
     def score_tasks(self, batch: TaskBatch) -> Tensor:
         """Query scores of every task, by default logits ``(tasks, n_way * n_query, n_way)``.
 
-        Override to batch over tasks; scores of another shape need ``query_loss`` and ``class_logits`` too.
+        By default every task's adapted model (``adapt``) scores its query set. Override to batch over
+        tasks; scores of another shape need ``query_loss`` and ``class_logits`` too.
         """
-        return torch.stack([self.adapt_and_score(task) for task in batch])
+        if type(self).adapt is EpisodicModule.adapt:
+            raise NotImplementedError(f"{type(self).__name__} overrides neither adapt nor score_tasks")
+        return torch.stack([self.adapt(task)(task.query_x) for task in batch])
 
     def query_loss(self, scores: Tensor, batch: TaskBatch) -> Tensor:
         """The loss the outer loop minimises: cross-entropy of the query logits, averaged over the batch."""
@@ -116,21 +127,11 @@ class EpisodicModule(LightningModule):
         """
         if normalises_per_episode(backbone):
             pairs = [
-                self.embed_episodes_jointly(backbone, batch.support_x[i : i + 1], batch.query_x[i : i + 1])
+                embed_jointly(backbone, batch.support_x[i : i + 1], batch.query_x[i : i + 1])
                 for i in range(len(batch))
             ]
             return torch.cat([s for s, _ in pairs]), torch.cat([q for _, q in pairs])
-        return self.embed_episodes_jointly(backbone, batch.support_x, batch.query_x)
-
-    @staticmethod
-    def embed_episodes_jointly(
-        backbone: nn.Module, support_x: Tensor, query_x: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        (tasks, n_support), n_query = support_x.shape[:2], query_x.shape[1]
-        with support_rows(backbone, tasks * n_support):  # episode norms: the support rows' moments
-            embeddings = backbone(torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)]))
-        support, query = embeddings.split([tasks * n_support, tasks * n_query])
-        return support.view(tasks, n_support, -1), query.view(tasks, n_query, -1)
+        return embed_jointly(backbone, batch.support_x, batch.query_x)
 
     @property
     def transductive(self) -> bool:
@@ -143,16 +144,6 @@ class EpisodicModule(LightningModule):
 
     def check_episode(self, batch: TaskBatch) -> None:
         """Raises if the algorithm cannot handle these episodes (e.g. a fixed head of another width)."""
-
-    def adapted_classifier(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> nn.Module:
-        """This model adapted to one support set: a plain module from inputs to class probabilities.
-
-        ``metaclinic.adapt`` exports it with ``torch.export``; it must give the probabilities evaluation gives
-        for an episode with this support set and the query set ``query_x``. The default scores its inputs
-        as a query set with ``score_tasks`` (right for algorithms that only compare with the support set);
-        algorithms that adapt weights return a module with the adapted weights instead.
-        """
-        return SupportSetClassifier(self, support_x, support_y)
 
     # -- the shared meta-batch step --------------------------------------------------------------------------
     def checked_scores(self, batch: TaskBatch) -> Tensor:
@@ -184,7 +175,8 @@ class EpisodicModule(LightningModule):
         is scaled as Lightning's loss scaler (``16-mixed``) scales the returned one, so fp16 gradients do not
         underflow and an overflow still reaches the scaler as ``inf``. Each backward pass runs with autocast
         off, as Lightning's does: under autocast the second-order terms of the (fp32) inner loop would be
-        computed in half precision, and overflowed to NaN at fp16's loss scale.
+        computed in half precision, and overflowed to NaN at fp16's loss scale. What a task contributes is
+        ``task_meta_gradient`` (Reptile: its own update direction instead of a gradient).
         """
         if not self.backward_per_task:
             return self._step(batch)
@@ -193,9 +185,7 @@ class EpisodicModule(LightningModule):
         scale = self.loss_scale()
         losses, accuracies = [], []
         for i in range(len(batch)):
-            loss, accuracy = self._step(batch[i : i + 1])
-            with full_precision(loss.device):  # a backward pass, as Lightning's, outside autocast
-                grads = torch.autograd.grad(loss * (scale / len(batch)), params, allow_unused=True)
+            loss, accuracy, grads = self.task_meta_gradient(batch[i : i + 1], params, scale / len(batch))
             for total, grad in zip(meta_grads, grads, strict=True):
                 if grad is not None:
                     total.add_(grad)
@@ -203,6 +193,20 @@ class EpisodicModule(LightningModule):
             accuracies.append(accuracy)
         through_params = sum((p * (g / scale)).sum() for p, g in zip(params, meta_grads, strict=True))
         return torch.stack(losses).mean() + through_params - through_params.detach(), torch.cat(accuracies)
+
+    def task_meta_gradient(
+        self, task: TaskBatch, params: list[nn.Parameter], weight: float
+    ) -> tuple[Tensor, Tensor, Sequence[Tensor | None]]:
+        """One task's query loss and accuracy, and its share of the meta-gradient: the gradient of ``weight``
+        times its loss with respect to ``params`` (``None`` for a parameter it does not use).
+
+        Reptile overrides it with its own direction, ``weight * (theta - phi)``; the accumulation and the
+        surrogate loss above are the same for every algorithm.
+        """
+        loss, accuracy = self._step(task)
+        with full_precision(loss.device):  # a backward pass, as Lightning's, outside autocast
+            grads = torch.autograd.grad(loss * weight, params, allow_unused=True)
+        return loss, accuracy, grads
 
     def loss_scale(self) -> float:
         """The factor Lightning's precision plugin multiplies the loss by before backward (1 without one)."""

@@ -23,9 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metaclinic.algorithms.adapted import SupportSetClassifier
 from metaclinic.algorithms.base import EpisodicModule, full_precision
-from metaclinic.data.augmentation import ImageAugmentation
-from metaclinic.data.task import TaskBatch
+from metaclinic.data.task import Task, TaskBatch
+from metaclinic.models.augmentation import ImageAugmentation
+from metaclinic.models.normalization import embed_jointly
 
 # (support embeddings (1, n, d), support labels (1, n), query embeddings (1, q, d), n_way) -> (1, q, n_way)
 EpisodeLogits = Callable[[Tensor, Tensor, Tensor, int], Tensor]
@@ -77,24 +79,12 @@ class SupportFineTuning:
             support, labels = support_x.float().clone().unsqueeze(0), support_y.clone().unsqueeze(0)
             for step in range(self.steps):
                 pseudo = self.augmentation(support, seed, torch.tensor([step]))
-                embedded, pseudo_embedded = EpisodicModule.embed_episodes_jointly(tuned, support, pseudo)
+                embedded, pseudo_embedded = embed_jointly(tuned, support, pseudo)
                 loss = F.cross_entropy(logits(embedded, labels, pseudo_embedded, n_way)[0], labels[0])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
         return tuned.requires_grad_(False).to(next(backbone.parameters()).dtype)
-
-    def score_tasks(self, backbone: nn.Module, batch: TaskBatch, logits: EpisodeLogits) -> Tensor:
-        """Query logits ``(tasks, q, n_way)``, every episode with a backbone fine-tuned on its support set."""
-        scores = []
-        for i in range(len(batch)):
-            tuned = self.tuned_backbone(backbone, batch.support_x[i], batch.support_y[i], batch.n_way, logits)
-            with torch.no_grad():
-                support, query = EpisodicModule.embed_episodes_jointly(
-                    tuned, batch.support_x[i : i + 1], batch.query_x[i : i + 1]
-                )
-            scores.append(logits(support, batch.support_y[i : i + 1], query, batch.n_way))
-        return torch.cat(scores)
 
 
 class EmbeddingScores:
@@ -110,16 +100,32 @@ class EmbeddingScores:
         raise NotImplementedError
 
     def score_tasks(self, batch: TaskBatch) -> Tensor:
-        if self.support_finetuning is not None and not self.training:
-            return self.support_finetuning.score_tasks(self.backbone, batch, self.episode_logits)
-        support, query = self.embed_episodes(self.backbone, batch)
+        if self.support_finetuning is not None and not self.training:  # every episode's own backbone
+            return EpisodicModule.score_tasks(self, batch)
+        return self.embedding_scores(self.backbone, batch)
+
+    def embedding_scores(self, backbone: nn.Module, batch: TaskBatch) -> Tensor:
+        """Query logits of every task of ``batch`` with its embeddings by ``backbone``."""
+        support, query = self.embed_episodes(backbone, batch)
         return self.episode_logits(support, batch.support_y, query, batch.n_way)
 
-    def backbone_for(self, support_x: Tensor, support_y: Tensor) -> nn.Module:
-        """The backbone the adapted model of this support set embeds with."""
-        if self.support_finetuning is None:
-            return self.backbone
-        n_way = int(support_y.max()) + 1
-        return self.support_finetuning.tuned_backbone(
-            self.backbone, support_x, support_y, n_way, self.episode_logits
+    def adapt(self, task: Task) -> nn.Module:
+        if self.support_finetuning is None or self.training:
+            return EpisodicModule.adapt(self, task)
+        tuned = self.support_finetuning.tuned_backbone(
+            self.backbone, task.support_x, task.support_y, task.n_way, self.episode_logits
         )
+        return TunedEmbeddings(self, tuned, task)
+
+
+class TunedEmbeddings(nn.Module):
+    """An embedding-scores algorithm whose backbone was fine-tuned on one support set (its adapted model)."""
+
+    def __init__(self, algorithm: EmbeddingScores, backbone: nn.Module, task: Task) -> None:
+        super().__init__()
+        self.scorer = SupportSetClassifier(algorithm, task)
+        self.backbone = backbone
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch = self.scorer.episode(x)
+        return self.scorer.algorithm.embedding_scores(self.backbone, batch)[0]

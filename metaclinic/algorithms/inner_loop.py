@@ -76,11 +76,6 @@ class InnerLoopModule(EpisodicModule):
                 f"{batch.n_way}-way; set model.init_args.n_way to data.init_args.n_way"
             )
 
-    def adapted_classifier(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> nn.Module:
-        # Scoring runs an inner loop with autograd, which an exported module cannot: each inner-loop
-        # algorithm returns a module with its adapted weights instead.
-        raise NotImplementedError(f"{type(self).__name__} does not say what its adapted model is")
-
     def inner_step(self, learner: nn.Module, loss: Tensor, step: int, first_order: bool) -> None:
         """One inner-loop step of ``learner`` on its support loss; ``step`` counts from 0.
 

@@ -8,13 +8,12 @@ treats the adapted gradients as constants (``first_order=True``: FOMAML, same pa
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 
 from metaclinic.algorithms._learn2learn import learn2learn as l2l
-from metaclinic.algorithms.adapted import AdaptedNetwork, with_weights
+from metaclinic.algorithms.adapted import AdaptedNetwork
 from metaclinic.algorithms.inner_loop import InnerLoopModule
 from metaclinic.data.task import Task
-from metaclinic.models.normalization import forward_queries
 
 
 class MAML(InnerLoopModule):
@@ -39,10 +38,6 @@ class MAML(InnerLoopModule):
     def backbone(self) -> nn.Module:
         return self.learner.module[0]
 
-    def adapt_and_score(self, task: Task) -> Tensor:
+    def adapt(self, task: Task) -> nn.Module:
         learner = self.inner_loop(self.learner, task.support_x, task.support_y)
-        return forward_queries(learner, task.support_x, task.query_x)
-
-    def adapted_classifier(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> nn.Module:
-        learner = self.inner_loop(self.learner, support_x, support_y)
-        return AdaptedNetwork(with_weights(self.learner.module, learner.module), support_x)
+        return AdaptedNetwork(learner.module, task.support_x)

@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaclinic.algorithms._learn2learn import learn2learn as l2l
+from metaclinic.algorithms.adapted import AdaptedNetwork
 from metaclinic.algorithms.maml import MAML
 from metaclinic.data.task import Task, TaskBatch
 from metaclinic.errors import DataError
-from metaclinic.models.normalization import forward_queries
 
 
 class MAMLPlusPlus(MAML):
@@ -100,14 +100,18 @@ class MAMLPlusPlus(MAML):
         """Whether this training step scores the query set after every inner step (weights not one-hot)."""
         return self.training and self.train_steps > 1 and bool(self.step_loss_weights()[-1] < 1)
 
-    def adapt_and_score(self, task: Task) -> Tensor:
-        """Final-step query logits; while MSL is on in training, every step's ``(steps, queries, n_way)``."""
+    def score_tasks(self, batch: TaskBatch) -> Tensor:
+        """Final-step query logits; while MSL is on in training, all steps: ``(tasks, steps, q, n_way)``."""
         if not self.uses_multi_step_loss():
-            return super().adapt_and_score(task)
+            return super().score_tasks(batch)
+        return torch.stack([self.every_step_logits(task) for task in batch])
+
+    def every_step_logits(self, task: Task) -> Tensor:
+        """The query logits after each inner step, ``(steps, queries, n_way)`` (the multi-step loss)."""
         logits: list[Tensor] = []
 
         def score(learner: nn.Module) -> None:
-            logits.append(forward_queries(learner, task.support_x, task.query_x))
+            logits.append(AdaptedNetwork(learner.module, task.support_x)(task.query_x))
 
         self.inner_loop(self.learner, task.support_x, task.support_y, on_step=score)
         return torch.stack(logits)

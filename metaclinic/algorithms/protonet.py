@@ -11,7 +11,6 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from metaclinic.algorithms.adapted import PrototypeClassifier
 from metaclinic.algorithms.finetune import EmbeddingScores, SupportFineTuning
 from metaclinic.algorithms.metric import MetricModule
 from metaclinic.algorithms.pooling import class_means, prototype_logits
@@ -44,7 +43,3 @@ class ProtoNet(EmbeddingScores, MetricModule):
     def episode_logits(self, support: Tensor, support_y: Tensor, query: Tensor, n_way: int) -> Tensor:
         prototypes = class_means(support, support_y, n_way)
         return prototype_logits(query, prototypes, self.distance, self.temperature)
-
-    def adapted_classifier(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> nn.Module:
-        backbone = self.backbone_for(support_x, support_y)
-        return PrototypeClassifier(backbone, support_x, support_y, self.distance, self.temperature)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaclinic.data.augmentation import ImageAugmentation
+from metaclinic.models.augmentation import ImageAugmentation
 
 # SimCLR's augmentations, at the strength the paper found necessary (crops and strong colour distortion).
 STRONG_AUGMENTATION = dict(

@@ -13,19 +13,18 @@ fixed episodes as every algorithm, for any number of ways and shots.
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaclinic.algorithms.adapted import AdaptedHead, SupportSetClassifier, one_episode
+from metaclinic.algorithms.adapted import AdaptedHead
 from metaclinic.algorithms.base import EpisodicModule, full_precision
 from metaclinic.algorithms.finetune import EmbeddingScores, SupportFineTuning
 from metaclinic.algorithms.pooling import class_means, cosine_logits
 from metaclinic.baselines.self_supervised import ContrastiveObjective
-from metaclinic.data.task import TaskBatch
+from metaclinic.data.task import Task, TaskBatch
 from metaclinic.errors import DataError
 
 
@@ -146,14 +145,6 @@ class SimpleShot(EmbeddingScores, SupervisedPretraining):
         # which torch.export cannot follow: the adapted model then exports for any number of cases.
         return -(query.unsqueeze(2) - centroids.unsqueeze(1)).norm(dim=-1)
 
-    def adapted_classifier(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> nn.Module:
-        if self.support_finetuning is None:
-            return super().adapted_classifier(support_x, support_y, query_x)
-        tuned = copy.deepcopy(self)  # with the backbone fine-tuned once, here, and scored plainly after
-        tuned.support_finetuning = None
-        tuned.backbone = self.backbone_for(support_x, support_y)
-        return SupportSetClassifier(tuned, support_x, support_y)
-
 
 class Baseline(SupervisedPretraining):
     """Baseline: the backbone is frozen and a new linear head is fine-tuned on each support set.
@@ -194,18 +185,11 @@ class Baseline(SupervisedPretraining):
         head.load_state_dict({"weight": weight, "bias": bias})
         return head
 
-    def score_tasks(self, batch: TaskBatch) -> Tensor:
+    def adapt(self, task: Task) -> nn.Module:
         with torch.no_grad():
-            support, query = self.embed_episodes(self.backbone, batch)
-        weight, bias = self.finetune_heads(support, batch)
-        return self.head_logits(query.to(weight.dtype), weight, bias)
-
-    def adapted_classifier(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> nn.Module:
-        batch = one_episode(support_x, support_y, query_x, int(support_y.max()) + 1)
-        with torch.no_grad():
-            support, _ = self.embed_episodes(self.backbone, batch)
-        weight, bias = self.finetune_heads(support, batch)
-        return AdaptedHead(copy.deepcopy(self.backbone), self.new_head(weight[0], bias[0]), support_x)
+            support, _ = self.embed_episodes(self.backbone, TaskBatch.of(task))
+        weight, bias = self.finetune_heads(support, TaskBatch.of(task))
+        return AdaptedHead(self.backbone, self.new_head(weight[0], bias[0]), task.support_x)
 
     def finetune_heads(self, support: Tensor, batch: TaskBatch) -> tuple[Tensor, Tensor]:
         """Weights and biases of every episode's head, fine-tuned on its support embeddings.

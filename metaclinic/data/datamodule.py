@@ -13,11 +13,11 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from metaclinic.data.augmentation import ImageAugmentation
 from metaclinic.data.episodes import EpisodeDataset, MetaBatchSampler, ResumableLoader
 from metaclinic.data.pool import ClassPool
 from metaclinic.data.task import TaskBatch
 from metaclinic.errors import DataError
+from metaclinic.models.augmentation import ImageAugmentation
 
 if TYPE_CHECKING:
     from metaclinic.data.cases import CaseReader

@@ -23,7 +23,9 @@ class Task:
     What the report needs to know of the episode, set by the data layer (``None`` in episodes built by
     hand): ``positive_class``, the local id of a binary episode's positive class (-1 otherwise), and
     ``domain``, the position of the episode's domain (hospital, data set) among its split's domains (-1 when
-    its classes come from several); both scalars, ``(tasks,)`` in a :class:`TaskBatch`.
+    its classes come from several); both scalars, ``(tasks,)`` in a :class:`TaskBatch`. ``episode_index``
+    identifies the episode in its seeded stream (algorithms that draw random numbers per episode seed them
+    with it, so a score does not depend on evaluation order).
     """
 
     support_x: Tensor
@@ -33,6 +35,7 @@ class Task:
     classes: Tensor
     positive_class: Tensor | None = field(default=None, kw_only=True)
     domain: Tensor | None = field(default=None, kw_only=True)
+    episode_index: Tensor | None = field(default=None, kw_only=True)
 
     @property
     def n_way(self) -> int:
@@ -47,7 +50,7 @@ class TaskBatch(Task):
     this meta-batch in the training stream; the sampler uses it to resume exactly.
     """
 
-    episode_index: Tensor
+    episode_index: Tensor  # required here, in the position after ``classes``
     meta_batch_index: int = -1
     # Unlabelled images of the target domain served with a training meta-batch (data.unlabelled), or None.
     unlabelled_x: Tensor | None = None
@@ -68,7 +71,7 @@ class TaskBatch(Task):
         for i in range(len(self)):
             about = {f: None if getattr(self, f) is None else getattr(self, f)[i] for f in EPISODE_FACTS}
             pairs = (self.support_x[i], self.support_y[i], self.query_x[i], self.query_y[i])
-            yield Task(*pairs, self.classes[i], **about)
+            yield Task(*pairs, self.classes[i], **about, episode_index=self.episode_index[i])
 
     @classmethod
     def collate(cls, tasks: Sequence[tuple[Task, int]], meta_batch_size: int | None = None) -> TaskBatch:
@@ -85,3 +88,14 @@ class TaskBatch(Task):
         episodes = torch.tensor([i for _, i in tasks], dtype=torch.long)
         meta_batch = tasks[0][1] // meta_batch_size if meta_batch_size else -1
         return cls(**stacked, episode_index=episodes, meta_batch_index=meta_batch)
+
+    @classmethod
+    def of(cls, task: Task) -> TaskBatch:
+        """The meta-batch of the one task ``task`` (episode index 0 unless it has one)."""
+        fields = ("support_x", "support_y", "query_x", "query_y", "classes")
+        stacked = {f: getattr(task, f).unsqueeze(0) for f in fields}
+        about = {
+            f: None if getattr(task, f) is None else getattr(task, f).unsqueeze(0) for f in EPISODE_FACTS
+        }
+        index = torch.zeros((), dtype=torch.long) if task.episode_index is None else task.episode_index
+        return cls(**stacked, **about, episode_index=index.reshape(1))

@@ -7,9 +7,10 @@ scored with it, and one case predicted alone is normalised with its own activati
 *and* query activations with the moments of the support set alone, so a query's output depends only on the
 support set and the query itself. ``norm="task_norm"`` is their TaskNorm-I, which blends those moments with
 the query's own instance moments. The moments are those of the episode's support set at the current weights:
-a network called on support and query together (``support_rows``) takes them from the support rows; one
-called on the support set alone (an inner-loop step) from the whole batch; a network frozen for export
-(``freeze_support_statistics``) holds them as buffers.
+a network called on support and query together (``support_rows``, ``embed_jointly``) takes them from the
+support rows; one called on the support set alone (an inner-loop step) from the whole batch. Adapted models
+(and their exports) keep the support set and call the network this way too, so they compute exactly what
+evaluation computes.
 
 Bronskill, Gordon, Requeima, Nowozin and Turner, "TaskNorm: Rethinking Batch Normalization for
 Meta-Learning", ICML 2020, https://arxiv.org/abs/2003.03284.
@@ -55,10 +56,6 @@ class EpisodeNorm(nn.Module):
             self.alpha_scale = nn.Parameter(torch.zeros(1))
             self.alpha_offset = nn.Parameter(torch.zeros(1))
         self.support_rows: int | None = None
-        self.recording = False  # the next call is the support set alone: keep its moments (freeze_...)
-        self.register_buffer("support_mean", None)
-        self.register_buffer("support_var", None)
-        self.register_buffer("support_count", None)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, mode={self.mode}, eps={self.eps}"
@@ -68,15 +65,9 @@ class EpisodeNorm(nn.Module):
         # there, second-order MAML under DDP ended 1e-2 away from one process after 6 steps (4e-8 with this).
         shape = (1, -1) + (1,) * (x.dim() - 2)
         reduce = [0, *range(2, x.dim())]
-        if self.support_mean is not None:
-            mean, var, count = self.support_mean, self.support_var, self.support_count
-        else:
-            rows = (x if self.support_rows is None else x[: self.support_rows]).float()
-            mean, var = rows.mean(reduce, keepdim=True), rows.var(reduce, unbiased=False, keepdim=True)
-            count = torch.full((1,), float(rows.shape[0]), device=x.device)
-            if self.recording:
-                self.support_mean, self.support_var = mean.detach(), var.detach()
-                self.support_count = count
+        rows = (x if self.support_rows is None else x[: self.support_rows]).float()
+        mean, var = rows.mean(reduce, keepdim=True), rows.var(reduce, unbiased=False, keepdim=True)
+        count = torch.full((1,), float(rows.shape[0]), device=x.device)
         xf = x.float()
         if self.mode == "task_norm":
             if x.dim() < 3:
@@ -148,19 +139,14 @@ def forward_queries(network: nn.Module, support_x: Tensor, query_x: Tensor) -> T
         return network(torch.cat([support_x.to(query_x.dtype), query_x]))[support_x.shape[0] :]
 
 
-def freeze_support_statistics(network: nn.Module, support_x: Tensor) -> nn.Module:
-    """Stores in ``network``'s episode norms the moments of ``support_x``; later calls use them for any input.
+def embed_jointly(backbone: nn.Module, support_x: Tensor, query_x: Tensor) -> tuple[Tensor, Tensor]:
+    """Support and query embeddings ``(tasks, n_support, d)``, ``(tasks, n_query, d)`` from one call.
 
-    After this the network is a plain function of each input (what ``torch.export`` saves).
+    ``support_x (tasks, n_support, *example)``, ``query_x (tasks, n_query, *example)``; episode norms take
+    their moments from the support rows (of all ``tasks`` together: give one task where they must not mix).
     """
-    layers = episode_norms(network)
-    for layer in layers:
-        layer.support_mean = layer.support_var = layer.support_count = None
-        layer.recording, layer.support_rows = True, None
-    try:
-        with torch.no_grad():
-            network(support_x)
-    finally:
-        for layer in layers:
-            layer.recording = False
-    return network
+    (tasks, n_support), n_query = support_x.shape[:2], query_x.shape[1]
+    with support_rows(backbone, tasks * n_support):
+        embeddings = backbone(torch.cat([support_x.flatten(0, 1).to(query_x.dtype), query_x.flatten(0, 1)]))
+    support, query = embeddings.split([tasks * n_support, tasks * n_query])
+    return support.view(tasks, n_support, -1), query.view(tasks, n_query, -1)
