@@ -7,7 +7,7 @@ from metaclinic.algorithms.maml import MAML
 from metaclinic.algorithms.maml_plus_plus import MAMLPlusPlus
 from metaclinic.algorithms.matchingnet import MatchingNet
 from metaclinic.algorithms.metasgd import MetaSGD
-from metaclinic.algorithms.metric import MetricModule
+from metaclinic.algorithms.metric_based import MetricModule
 from metaclinic.algorithms.protonet import ProtoNet
 from metaclinic.algorithms.relationnet import RelationNet
 from metaclinic.algorithms.reptile import Reptile

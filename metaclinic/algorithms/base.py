@@ -117,7 +117,7 @@ class EpisodicModule(LightningModule):
         return scores
 
     def embed_episodes(self, backbone: nn.Module, batch: TaskBatch) -> tuple[Tensor, Tensor]:
-        """Support and query embeddings ``(tasks, n_support, d)``, ``(tasks, n_query_total, d)``.
+        """Support and query embeddings ``(tasks, n_support, d)``, ``(tasks, n_way * n_query, d)``.
 
         One backbone call for the whole meta-batch; except that a backbone whose normalisation takes the
         moments of an episode (its support set's, or in transductive batch norm its whole batch's) embeds each

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaclinic.algorithms.metric import MetricModule
+from metaclinic.algorithms.metric_based import MetricModule
 from metaclinic.data.task import TaskBatch
 
 
@@ -48,12 +48,12 @@ class MatchingNet(MetricModule):
         support = support + forward + backward
         hidden, cell = torch.zeros_like(query), torch.zeros_like(query)
         readout = torch.zeros_like(query)
-        tasks, n_query, size = query.shape
+        tasks, n_queries, size = query.shape
         for _ in range(self.fce_steps):
             hidden, cell = self.query_cell(
                 query.reshape(-1, size), ((hidden + readout).reshape(-1, size), cell.reshape(-1, size))
             )
-            hidden, cell = hidden.view(tasks, n_query, size) + query, cell.view(tasks, n_query, size)
+            hidden, cell = hidden.view(tasks, n_queries, size) + query, cell.view(tasks, n_queries, size)
             readout = torch.softmax(hidden @ support.transpose(1, 2), dim=-1) @ support
         return support, hidden
 

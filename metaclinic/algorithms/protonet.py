@@ -12,7 +12,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from metaclinic.algorithms.finetune import EmbeddingScores, SupportFineTuning
-from metaclinic.algorithms.metric import MetricModule
+from metaclinic.algorithms.metric_based import MetricModule
 from metaclinic.algorithms.pooling import class_means, prototype_logits
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaclinic.algorithms.metric import MetricModule
+from metaclinic.algorithms.metric_based import MetricModule
 from metaclinic.data.task import TaskBatch
 
 

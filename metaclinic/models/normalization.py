@@ -140,13 +140,13 @@ def forward_queries(network: nn.Module, support_x: Tensor, query_x: Tensor) -> T
 
 
 def embed_jointly(backbone: nn.Module, support_x: Tensor, query_x: Tensor) -> tuple[Tensor, Tensor]:
-    """Support and query embeddings ``(tasks, n_support, d)``, ``(tasks, n_query, d)`` from one call.
+    """Support and query embeddings ``(tasks, n_support, d)``, ``(tasks, n_queries, d)`` from one call.
 
-    ``support_x (tasks, n_support, *example)``, ``query_x (tasks, n_query, *example)``; episode norms take
+    ``support_x (tasks, n_support, *example)``, ``query_x (tasks, n_queries, *example)``; episode norms take
     their moments from the support rows (of all ``tasks`` together: give one task where they must not mix).
     """
-    (tasks, n_support), n_query = support_x.shape[:2], query_x.shape[1]
+    (tasks, n_support), n_queries = support_x.shape[:2], query_x.shape[1]
     with support_rows(backbone, tasks * n_support):
         embeddings = backbone(torch.cat([support_x.flatten(0, 1).to(query_x.dtype), query_x.flatten(0, 1)]))
-    support, query = embeddings.split([tasks * n_support, tasks * n_query])
-    return support.view(tasks, n_support, -1), query.view(tasks, n_query, -1)
+    support, query = embeddings.split([tasks * n_support, tasks * n_queries])
+    return support.view(tasks, n_support, -1), query.view(tasks, n_queries, -1)
