@@ -35,14 +35,15 @@ from typing import Any
 
 import torch
 import yaml
-from jsonargparse import ArgumentError, ArgumentParser, Namespace
 
 from metaclinic.adaptation import adapted_classifier, check_support, class_probabilities, export_classifier
 from metaclinic.algorithms.base import EpisodicModule
+from metaclinic.cli import build_model_and_data
 from metaclinic.data.cases import CaseReader, Cases, SupportSet
 from metaclinic.data.datamodule import EpisodicDataModule
 from metaclinic.errors import DataError, MetaclinicError, MissingDataError
 from metaclinic.models.normalization import uses_batch_statistics
+from metaclinic.run_record import CONFIG_FILE
 from metaclinic.storage import load_checkpoint, write_atomically
 
 PREDICTIONS_FILE = "predictions.csv"
@@ -66,30 +67,32 @@ class MetaTrained:
 def load_meta_trained(ckpt_path: str | Path, config: str | Path | None = None) -> MetaTrained:
     """Rebuilds the model and data module of ``config`` and loads the checkpoint into them.
 
-    ``config`` defaults to the run's ``config.yaml`` (the checkpoint's ``../../config.yaml``). Nothing is
-    read from the training data: a table model's input width and preprocessing come from the checkpoint,
-    an image model's input shape from the data configuration. The checkpoint is loaded with
-    ``weights_only=True``: tensors and plain data only, so loading it never runs code from it.
+    ``config`` defaults to the run's ``config.yaml`` (the checkpoint's ``../../config.yaml``); it is built
+    as ``metaclinic.fit`` built it (:func:`metaclinic.cli.build_model_and_data`), except that backbones are
+    sized from the checkpoint's data state, so nothing is read from the training data: a table model's
+    input width and preprocessing come from the checkpoint, an image model's input shape from the data
+    configuration. The checkpoint is loaded with ``weights_only=True``: tensors and plain data only, so
+    loading it never runs code from it.
     """
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.is_file():
         raise MissingDataError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
-    config = Path(config) if config else ckpt_path.resolve().parent.parent / "config.yaml"
+    config = Path(config) if config else ckpt_path.resolve().parent.parent / CONFIG_FILE
     if not config.is_file():
         raise MissingDataError(
             f"{config}: no such config file; give the run's config.yaml with --config (a run directory holds "
             "config.yaml and checkpoints/)"
         )
+    _check_run_config(config)
     checkpoint = load_checkpoint(ckpt_path)
-    sections = _config_sections(config)
-    data = _instantiate("data", EpisodicDataModule, sections["data"], config)
-    data_state = checkpoint.get(type(data).__qualname__) or {}
-    input_shape = data.saved_input_shape(data_state, str(ckpt_path))
-    model_config = sections["model"]
-    init_args = model_config.setdefault("init_args", {})
-    if isinstance(init_args.get("backbone"), dict):  # the links of metaclinic.cli, stated here
-        init_args["backbone"].setdefault("init_args", {})["input_shape"] = list(input_shape)
-    model = _instantiate("model", EpisodicModule, model_config, config, n_way=data.n_way)
+
+    def data_state(data: EpisodicDataModule) -> dict[str, Any]:
+        return checkpoint.get(type(data).__qualname__) or {}  # where Lightning saves a data module's state
+
+    def saved_input_shape(data: EpisodicDataModule) -> tuple[int, ...]:
+        return data.saved_input_shape(data_state(data), str(ckpt_path))
+
+    model, data = build_model_and_data(config, input_shape_of=saved_input_shape)
     if not model.meta_trained:
         raise DataError(f"{type(model).__name__} is not meta-trained: it has no checkpoint to adapt")
     try:
@@ -97,10 +100,11 @@ def load_meta_trained(ckpt_path: str | Path, config: str | Path | None = None) -
     except RuntimeError as error:  # missing, unexpected or differently shaped weights: another config
         detail = " ".join(line.strip() for line in str(error).splitlines()[:2])
         raise DataError(f"{ckpt_path} does not fit the model of {config}: {detail}") from None
-    return MetaTrained(model.eval(), data, data_state, input_shape, ckpt_path, config)
+    return MetaTrained(model.eval(), data, data_state(data), saved_input_shape(data), ckpt_path, config)
 
 
-def _config_sections(config: Path) -> dict[str, Any]:
+def _check_run_config(config: Path) -> None:
+    """Refuses a file that is not a run config, with a message, before the command line's parser sees it."""
     try:
         raw = yaml.safe_load(config.read_text())
     except yaml.YAMLError as error:
@@ -108,30 +112,6 @@ def _config_sections(config: Path) -> dict[str, Any]:
     missing = [k for k in ("model", "data") if not isinstance(raw, dict) or k not in raw]
     if missing:
         raise DataError(f"{config}: no {' or '.join(missing)} section; give the run's config.yaml")
-    return raw
-
-
-def _instantiate(key: str, base: type, section: Any, config: Path, **links: Any) -> Any:
-    """One section of a run config (``class_path``/``init_args``) instantiated as jsonargparse does in fit."""
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(base, key, required=True, fail_untyped=False)
-    try:
-        namespace = parser.parse_object({key: section})
-        init_args = namespace[key].get("init_args") or Namespace()
-        for name, value in links.items():
-            if name in init_args:
-                init_args[name] = value
-        instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in 4.49
-        return instantiate(namespace)[key]
-    except DataError:
-        raise
-    except (ArgumentError, ValueError, TypeError) as error:
-        cause: BaseException | None = error
-        while cause is not None and not isinstance(cause, DataError):
-            cause = cause.__cause__ or cause.__context__
-        if cause is not None:
-            raise cause from None
-        raise DataError(f"{config}: the {key} section cannot be built: {error}") from None
 
 
 @dataclass

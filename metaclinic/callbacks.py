@@ -14,6 +14,7 @@ The command line adds or substitutes all three in every run.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 from pathlib import Path
@@ -28,6 +29,12 @@ from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from metaclinic.data.task import TaskBatch
+from metaclinic.lightning_internals import (
+    is_last_batch_of_epoch,
+    last_saved_step,
+    save_unmonitored_checkpoint,
+    validation_follows_step,
+)
 
 log = logging.getLogger("metaclinic")
 
@@ -93,12 +100,15 @@ class ModelCheckpoint(LightningModelCheckpoint):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # The constructor's argument, read as Lightning reads it (None is 0: no step-triggered saves).
+        given = inspect.signature(LightningModelCheckpoint).bind(*args, **kwargs).arguments
+        self._save_every_n_steps: int = given.get("every_n_train_steps") or 0
         self._save_when_step_ends = False
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        every = getattr(self, "_every_n_train_steps", 0)
+        every = self._save_every_n_steps
         due = self.monitor is None and every >= 1 and trainer.global_step % every == 0
         if due and _step_continues(trainer):
             self._save_when_step_ends = True
@@ -107,7 +117,7 @@ class ModelCheckpoint(LightningModelCheckpoint):
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        if self._save_when_step_ends and not _last_batch_of_epoch(trainer):
+        if self._save_when_step_ends and not is_last_batch_of_epoch(trainer):
             self._save_deferred(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -123,29 +133,18 @@ class ModelCheckpoint(LightningModelCheckpoint):
         the model the report describes.
         """
         super().on_train_end(trainer, pl_module)
-        every = getattr(self, "_every_n_train_steps", 0)
-        unsaved = self._last_global_step_saved != trainer.global_step
-        if self.monitor is None and every >= 1 and unsaved and not trainer.interrupted:
-            self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
+        unsaved = last_saved_step(self) != trainer.global_step
+        if self.monitor is None and self._save_every_n_steps >= 1 and unsaved and not trainer.interrupted:
+            save_unmonitored_checkpoint(self, trainer)
 
     def _save_deferred(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._save_when_step_ends = False
         super().on_train_batch_end(trainer, pl_module, None, None, -1)  # the save it postponed
 
 
-def _last_batch_of_epoch(trainer: Trainer) -> bool:
-    return bool(getattr(trainer.fit_loop.epoch_loop.batch_progress, "is_last_batch", False))
-
-
 def _step_continues(trainer: Trainer) -> bool:
     """Whether validation or the end of the epoch follows the training step that just ended."""
-    if _last_batch_of_epoch(trainer):
-        return True
-    try:  # Lightning's own decision, made again right after on_train_batch_end (a private method)
-        epoch_loop = trainer.fit_loop.epoch_loop
-        return bool(epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
-    except AttributeError:  # another Lightning version: save at once, as Lightning does
-        return False
+    return is_last_batch_of_epoch(trainer) or validation_follows_step(trainer)
 
 
 class CheckpointOnSigterm(Checkpoint):
@@ -176,7 +175,7 @@ class CheckpointOnSigterm(Checkpoint):
             return
         if self._saved_step == trainer.global_step:
             return
-        if trainer.state.stage == RunningStage.TRAINING and not _last_batch_of_epoch(trainer):
+        if trainer.state.stage == RunningStage.TRAINING and not is_last_batch_of_epoch(trainer):
             self._save(trainer)  # raised at the end of a step, after its validation if it had one
         else:
             log.warning(

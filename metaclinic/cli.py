@@ -9,6 +9,8 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +19,7 @@ from jsonargparse import Namespace
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import (
-    LightningArgumentParser,
-    LightningCLI,
-    SaveConfigCallback,
-    _get_module_type,
-    _InstantiatorFn,
-)
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
 from metaclinic.algorithms.base import EpisodicModule
@@ -32,6 +28,7 @@ from metaclinic.callbacks import ModelCheckpoint as StepEndCheckpoint
 from metaclinic.config_errors import ConfigParser
 from metaclinic.data.datamodule import EpisodicDataModule
 from metaclinic.errors import DataError, WriteError
+from metaclinic.lightning_internals import ModelInstantiator
 from metaclinic.report import REPORT_FILE, MetaTestReport
 from metaclinic.run_record import CONFIG_FILE, RunRecord, flatten, resume_entry
 from metaclinic.storage import AtomicCheckpointIO, remove_partial_files
@@ -51,22 +48,17 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 }
 
 
+# How backbones are sized from the data module: its example shape, unless a command knows better.
+InputShapeOf = Callable[[EpisodicDataModule], tuple[int, ...]]
+
+
 def _class_name(node: Any) -> str:
     return str(getattr(node, "class_path", "")).rsplit(".", 1)[-1]
 
 
-class _ModelInstantiator(_InstantiatorFn):
-    """Lightning's model instantiator, minus links that jsonargparse skipped.
-
-    A model without a backbone (the logistic-regression baselines) has no target for the link that sizes
-    backbones from the data; jsonargparse skips that link, but Lightning 2.6 still tries to record it among
-    the model's hyperparameters and fails.
-    """
-
-    def __call__(self, class_type: type, *args: Any, applied_instantiation_links: dict, **kwargs: Any) -> Any:
-        config = self.cli.config
-        present = {k: v for k, v in applied_instantiation_links.items() if k.rsplit(".", 1)[0] in config}
-        return super().__call__(class_type, *args, applied_instantiation_links=present, **kwargs)
+def example_shape(data: EpisodicDataModule) -> tuple[int, ...]:
+    """The data's own input shape (for tables, read from the table): what fit and evaluate size from."""
+    return tuple(data.example_shape)
 
 
 class MetaClinicCLI(LightningCLI):
@@ -79,10 +71,27 @@ class MetaClinicCLI(LightningCLI):
     and :class:`~metaclinic.callbacks.CheckpointOnSigterm` (SIGTERM leaves ``checkpoints/last.ckpt``), and a
     config's ``ModelCheckpoint`` and ``WandbLogger`` become the drop-in :mod:`metaclinic.callbacks` and
     :mod:`metaclinic.tracking` classes (step checkpoints after validation; offline fallback, no data paths).
+
+    Args:
+        save_config: record the run (fit); evaluate and adapt only read one.
+        with_trainer: ``False`` builds the model and data module alone (adapt): no trainer, no run
+            directory, nothing in the environment, so a config of devices this machine lacks still loads.
+        input_shape_of: what backbones are sized from (default :func:`example_shape`); adapt passes the
+            shape saved in the checkpoint, so that no training data is read.
     """
 
-    def __init__(self, args: list[str] | None = None, save_config: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        args: list[str] | None = None,
+        save_config: bool = True,
+        *,
+        with_trainer: bool = True,
+        input_shape_of: InputShapeOf = example_shape,
+        **kwargs: Any,
+    ) -> None:
         self.records_run = save_config  # fit records the run; evaluate and adapt only read one
+        self.with_trainer = with_trainer
+        self.input_shape_of = input_shape_of
         self.created_run_dir: Path | None = None  # the directory this process made for a new run
         self.resume: dict[str, Any] | None = None
         super().__init__(
@@ -100,15 +109,6 @@ class MetaClinicCLI(LightningCLI):
             run=False,
             args=args,
             **kwargs,
-        )
-
-    def _add_instantiators(self) -> None:
-        super()._add_instantiators()
-        self.parser.add_instantiator(
-            _ModelInstantiator(cli=self, key="model"),
-            _get_module_type(self._model_class),
-            subclasses=self.subclass_mode_model,
-            prepend=True,
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -151,13 +151,15 @@ class MetaClinicCLI(LightningCLI):
             help="resume even if settings that change what is learned differ from the run's config.yaml; "
             "the change is recorded in config_history.yaml",
         )
+        # The only place where a model is fitted to its data: fit, evaluate and adapt all build through here.
         parser.link_arguments("data.init_args.n_way", "model.init_args.n_way")
         parser.link_arguments(
-            "data",
-            "model.init_args.backbone.init_args.input_shape",
-            lambda d: tuple(d.example_shape),
-            "instantiate",
+            "data", "model.init_args.backbone.init_args.input_shape", self.backbone_input_shape, "instantiate"
         )
+
+    def backbone_input_shape(self, data: EpisodicDataModule) -> tuple[int, ...]:
+        """The input shape backbones are built for (the link above): ``input_shape_of(data)``."""
+        return tuple(self.input_shape_of(data))
 
     # -- run directory ---------------------------------------------------------------------------------------
     def _run_name(self, config: Namespace) -> str:
@@ -214,12 +216,20 @@ class MetaClinicCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         try:
-            super().instantiate_classes()
+            if self.with_trainer:
+                super().instantiate_classes()
+            else:  # what LightningCLI.instantiate_classes does before it builds the trainer
+                self.config_init = self.parser.instantiate_classes(self.config)
+                self.datamodule, self.model = self.config_init["data"], self.config_init["model"]
         except BaseException:
             self.discard_failed_run()
             raise
 
     def before_instantiate_classes(self) -> None:
+        # Prepended, so that it replaces Lightning's instantiator of models (see ModelInstantiator).
+        self.parser.add_instantiator(ModelInstantiator(self), EpisodicModule, subclasses=True, prepend=True)
+        if not self.with_trainer:
+            return
         config = self.config
         # config.yaml records the settings as given, not what is derived below for this run (its directory,
         # the checkpoint it resumes): ``fit --config <run>/config.yaml`` then starts a new run, same settings.
@@ -251,6 +261,8 @@ class MetaClinicCLI(LightningCLI):
         self.run_dir = run_dir
 
     def after_instantiate_classes(self) -> None:
+        if not self.with_trainer:
+            return
         callbacks = self.trainer.callbacks
         for callback in callbacks:
             if isinstance(callback, SaveConfigCallback):
@@ -290,14 +302,17 @@ def _new_run_directory(group: Path) -> Path:
     raise RuntimeError(f"{group}: no free run directory name for {stamp}")
 
 
-def build_cli(args: list[str] | None, save_config: bool = True) -> MetaClinicCLI:
+def build_cli(args: list[str] | None, save_config: bool = True, **options: Any) -> MetaClinicCLI:
     """The CLI, with data errors raised while it links data to model (e.g. reading a table) unwrapped.
 
     ``save_config=False`` for commands that only read a run (evaluate, adapt): its config.yaml stays as
-    the run wrote it.
+    the run wrote it. ``options``: :class:`MetaClinicCLI`'s ``with_trainer`` and ``input_shape_of``.
     """
     try:
-        return MetaClinicCLI(args=args, save_config=save_config)
+        with warnings.catch_warnings():
+            # Commands that pass ``args`` made them from their own command line, which is in sys.argv too.
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            return MetaClinicCLI(args=args, save_config=save_config, **options)
     except ValueError as error:
         cause: BaseException | None = error
         while cause is not None and not isinstance(cause, DataError):
@@ -305,6 +320,19 @@ def build_cli(args: list[str] | None, save_config: bool = True) -> MetaClinicCLI
         if cause is not None:
             raise cause from None
         raise
+
+
+def build_model_and_data(
+    config: str | Path, input_shape_of: InputShapeOf = example_shape
+) -> tuple[EpisodicModule, EpisodicDataModule]:
+    """A run config's model and data module, built as fit and evaluate build them, but without a trainer.
+
+    The config's logger is not built (nothing is logged) and the random generators are not seeded (the
+    weights come from a checkpoint). Errors are :func:`build_cli`'s.
+    """
+    args = ["--config", str(config), "--trainer.logger=false", "--seed_everything=false"]
+    cli = build_cli(args, save_config=False, with_trainer=False, input_shape_of=input_shape_of)
+    return cli.model, cli.datamodule
 
 
 def meta_test(

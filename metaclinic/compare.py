@@ -27,8 +27,9 @@ log = logging.getLogger("metaclinic")
 MAX_NAME = 40
 BASELINES_FILE = "baselines.md"
 NO_BASELINE = (
-    "No baseline run under %s was scored on these meta-test episodes. To see this result beside SimpleShot "
-    "(or Baseline, Baseline++), fit the same config and data settings with "
+    "No trained baseline (SimpleShot, Baseline, Baseline++) under %s was scored on these meta-test episodes "
+    "(the no-learning baselines are in the report above). To see this result beside one, fit the same config "
+    "and data settings with "
     "--model=metaclinic.baselines.SimpleShot and a --run_name of its own, into the same --runs_dir"
 )
 RUN_TIMESTAMP = re.compile(r"\d{8}-\d{6}(-\d+)?")  # the name of a run directory, see MetaClinicCLI

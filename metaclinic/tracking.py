@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from collections.abc import Mapping
@@ -9,10 +10,11 @@ from pathlib import PurePath
 from typing import Any
 
 import wandb
-from lightning.fabric.utilities.logger import _convert_params
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
+
+from metaclinic.lightning_internals import log_offline_from_now, logs_offline, wandb_init_arguments, wandb_run
 
 log = logging.getLogger("metaclinic")
 
@@ -54,21 +56,22 @@ class WandbLogger(LightningWandbLogger):
 
     def __init__(self, *args: Any, init_timeout: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self._wandb_init.get("anonymous") is None:
-            del self._wandb_init["anonymous"]  # wandb warns that it is deprecated whenever it is passed
+        init_arguments = wandb_init_arguments(self)
+        if init_arguments.get("anonymous") is None:
+            del init_arguments["anonymous"]  # wandb warns that it is deprecated whenever it is passed
         if init_timeout is None:
             init_timeout = float(os.environ.get("WANDB_INIT_TIMEOUT", DEFAULT_INIT_TIMEOUT))
-        settings = self._wandb_init.get("settings") or {}
+        settings = init_arguments.get("settings") or {}
         if isinstance(settings, wandb.Settings):
             settings = settings.model_dump(exclude_unset=True)
-        self._wandb_init["settings"] = wandb.Settings(
+        init_arguments["settings"] = wandb.Settings(
             **{**PRIVATE_SETTINGS, "init_timeout": init_timeout, **settings}
         )
 
     @property
     @rank_zero_experiment
     def experiment(self) -> Any:
-        if self._experiment is None and not self._offline:
+        if wandb_run(self) is None and not logs_offline(self):
             try:
                 return LightningWandbLogger.experiment.fget(self)
             except Exception as error:  # unreachable server, no API key, unknown entity, ...
@@ -79,13 +82,14 @@ class WandbLogger(LightningWandbLogger):
                     reason,
                     self.save_dir,
                 )
-                self._offline = True
-                self._wandb_init["mode"] = "offline"
+                log_offline_from_now(self)
         return LightningWandbLogger.experiment.fget(self)
 
     @rank_zero_only
     def log_hyperparams(self, params: Any) -> None:
-        super().log_hyperparams(redact_paths(_convert_params(params)))
+        super().log_hyperparams(
+            redact_paths(vars(params) if isinstance(params, argparse.Namespace) else params)
+        )
 
 
 def redact_paths(value: Any, key: str = "") -> Any:

@@ -16,6 +16,7 @@ from torchmetrics import CatMetric, MeanMetric
 from metaclinic.algorithms.adapted import SupportSetClassifier
 from metaclinic.algorithms.initialisation import load_backbone
 from metaclinic.data.task import Task, TaskBatch
+from metaclinic.lightning_internals import attached_trainer
 from metaclinic.metrics import episode_accuracy
 from metaclinic.models.normalization import embed_jointly, normalises_per_episode, uses_batch_statistics
 from metaclinic.recorder import MetaTestRecorder
@@ -210,7 +211,7 @@ class EpisodicModule(LightningModule):
 
     def loss_scale(self) -> float:
         """The factor Lightning's precision plugin multiplies the loss by before backward (1 without one)."""
-        trainer = self._trainer
+        trainer = attached_trainer(self)
         scaler = getattr(trainer.precision_plugin, "scaler", None) if trainer is not None else None
         return scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
 
