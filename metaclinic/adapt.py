@@ -36,15 +36,20 @@ from typing import Any
 import torch
 import yaml
 
-from metaclinic.adaptation import adapted_classifier, check_support, class_probabilities, export_classifier
 from metaclinic.algorithms.base import EpisodicModule
 from metaclinic.cli import build_model_and_data
 from metaclinic.data.cases import CaseReader, Cases, SupportSet
 from metaclinic.data.datamodule import EpisodicDataModule
 from metaclinic.errors import DataError, MetaclinicError, MissingDataError
+from metaclinic.evaluation.export import (
+    adapted_classifier,
+    check_support,
+    class_probabilities,
+    export_classifier,
+)
+from metaclinic.experiment.run_record import CONFIG_FILE
+from metaclinic.experiment.storage import load_checkpoint, write_atomically
 from metaclinic.models.normalization import uses_batch_statistics
-from metaclinic.run_record import CONFIG_FILE
-from metaclinic.storage import load_checkpoint, write_atomically
 
 PREDICTIONS_FILE = "predictions.csv"
 MODEL_FILE = "adapted_model.pt2"

@@ -23,16 +23,16 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import WandbLogger
 
 from metaclinic.algorithms.base import EpisodicModule
-from metaclinic.callbacks import CheckpointOnSigterm, MetaBatchSeeding
-from metaclinic.callbacks import ModelCheckpoint as StepEndCheckpoint
 from metaclinic.config_errors import ConfigParser
 from metaclinic.data.datamodule import EpisodicDataModule
 from metaclinic.errors import DataError, WriteError
-from metaclinic.lightning_internals import ModelInstantiator
-from metaclinic.report import REPORT_FILE, MetaTestReport
-from metaclinic.run_record import CONFIG_FILE, RunRecord, flatten, resume_entry
-from metaclinic.storage import AtomicCheckpointIO, remove_partial_files
-from metaclinic.tracking import WandbLogger as SafeWandbLogger
+from metaclinic.evaluation.report import REPORT_FILE, MetaTestReport
+from metaclinic.experiment.callbacks import CheckpointOnSigterm, MetaBatchSeeding
+from metaclinic.experiment.callbacks import ModelCheckpoint as StepEndCheckpoint
+from metaclinic.experiment.lightning_internals import ModelInstantiator
+from metaclinic.experiment.run_record import CONFIG_FILE, RunRecord, flatten, resume_entry
+from metaclinic.experiment.storage import AtomicCheckpointIO, remove_partial_files
+from metaclinic.experiment.tracking import WandbLogger as SafeWandbLogger
 
 log = logging.getLogger("metaclinic")
 
@@ -65,12 +65,14 @@ class MetaClinicCLI(LightningCLI):
     """LightningCLI over every :class:`EpisodicModule` and :class:`EpisodicDataModule`, by ``class_path``.
 
     Each run writes into ``<runs_dir>/<run_name>/<timestamp>/``: the resolved ``config.yaml``,
-    ``checkpoints/`` (best on ``val/acc`` and ``last``), the W&B run and ``meta_test_report.json``.
+    ``checkpoints/`` (best on ``val/accuracy`` and ``last``), the W&B run and ``meta_test_report.json``.
 
-    So that a stopped run resumes exactly, every run gets :class:`~metaclinic.callbacks.MetaBatchSeeding`
-    and :class:`~metaclinic.callbacks.CheckpointOnSigterm` (SIGTERM leaves ``checkpoints/last.ckpt``), and a
-    config's ``ModelCheckpoint`` and ``WandbLogger`` become the drop-in :mod:`metaclinic.callbacks` and
-    :mod:`metaclinic.tracking` classes (step checkpoints after validation; offline fallback, no data paths).
+    So that a stopped run resumes exactly, every run gets
+    :class:`~metaclinic.experiment.callbacks.MetaBatchSeeding` and
+    :class:`~metaclinic.experiment.callbacks.CheckpointOnSigterm` (SIGTERM leaves ``checkpoints/last.ckpt``),
+    and a config's ``ModelCheckpoint`` and ``WandbLogger`` become the drop-in
+    :mod:`metaclinic.experiment.callbacks` and :mod:`metaclinic.experiment.tracking` classes (step checkpoints
+    after validation; offline fallback, no data paths).
 
     Args:
         save_config: record the run (fit); evaluate and adapt only read one.
@@ -193,7 +195,7 @@ class MetaClinicCLI(LightningCLI):
         return self.created_run_dir
 
     def _check_resume(self, run_dir: Path) -> None:
-        """Refuses a resume that changes what is learned (see :mod:`metaclinic.run_record`)."""
+        """Refuses a resume that changes what is learned (see :mod:`metaclinic.experiment.run_record`)."""
         ckpt_path = self.config.ckpt_path
         if not (self.records_run and ckpt_path and (run_dir / CONFIG_FILE).is_file()):
             return

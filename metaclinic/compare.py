@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from metaclinic.errors import DataError, MetaclinicError
-from metaclinic.report import REPORT_FILE, Estimate
-from metaclinic.storage import write_atomically
+from metaclinic.evaluation.report import REPORT_FILE, Estimate
+from metaclinic.experiment.storage import write_atomically
 
 log = logging.getLogger("metaclinic")
 

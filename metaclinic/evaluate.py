@@ -36,9 +36,9 @@ from metaclinic.compare import (
     reference_runs,
 )
 from metaclinic.errors import DataError, MetaclinicError
-from metaclinic.plots import plot_reliability, plot_shot_curves
-from metaclinic.report import REPORT_FILE, MetaTestReport
-from metaclinic.storage import write_atomically
+from metaclinic.evaluation.plots import plot_reliability, plot_shot_curves
+from metaclinic.evaluation.report import REPORT_FILE, MetaTestReport
+from metaclinic.experiment.storage import write_atomically
 
 log = logging.getLogger("metaclinic")
 

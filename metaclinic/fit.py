@@ -10,12 +10,12 @@ from pathlib import Path
 from lightning.pytorch import Trainer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from metaclinic.calibration import calibrate
 from metaclinic.cli import add_no_learning_baselines, best_checkpoint, build_cli, meta_test
 from metaclinic.compare import show_baselines
 from metaclinic.errors import DataError, MetaclinicError
-from metaclinic.report import REPORT_FILE, MetaTestReport
-from metaclinic.storage import write_atomically
+from metaclinic.evaluation.calibration import calibrate
+from metaclinic.evaluation.report import REPORT_FILE, MetaTestReport
+from metaclinic.experiment.storage import write_atomically
 
 VALIDATION_FILE = "validation.json"
 
@@ -26,7 +26,7 @@ def run(args: list[str] | None = None) -> MetaTestReport | None:
     """Meta-trains as the config says and returns the meta-test report (``None`` if interrupted).
 
     After training, the temperature of the best checkpoint is fitted on the meta-validation episodes and
-    written into it (:mod:`metaclinic.calibration`; ``--calibrate=false`` leaves it at 1).
+    written into it (:mod:`metaclinic.evaluation.calibration`; ``--calibrate=false`` leaves it at 1).
     Bad input raises :class:`DataError`; ``main`` turns it into a one-line message. Checkpoints are loaded
     with ``weights_only=True`` (tensors and plain data only): loading one never runs code from it.
     """
@@ -59,22 +59,22 @@ def run(args: list[str] | None = None) -> MetaTestReport | None:
 
 
 def write_validation_score(trainer: Trainer, run_dir: Path) -> None:
-    """Writes the best ``val/acc`` of the run and its checkpoint to ``<run>/validation.json``."""
-    monitors = [c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None) == "val/acc"]
+    """Writes the best ``val/accuracy`` of the run and its checkpoint to ``<run>/validation.json``."""
+    monitors = [c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None) == "val/accuracy"]
     if not monitors or monitors[0].best_model_score is None:
         raise DataError(
-            "--meta_test=false needs a meta-validation score: a ModelCheckpoint with monitor: val/acc in "
-            "trainer.callbacks and classes in data.init_args.meta_val"
+            "--meta_test=false needs a meta-validation score: a ModelCheckpoint with monitor: val/accuracy "
+            "in trainer.callbacks and classes in data.init_args.meta_val"
         )
     best = monitors[0]
     record = {
-        "val_acc": float(best.best_model_score),
+        "val_accuracy": float(best.best_model_score),
         "checkpoint": best.best_model_path,
         "step": trainer.global_step,
     }
     if trainer.is_global_zero:
         write_atomically(run_dir / VALIDATION_FILE, (json.dumps(record, indent=2) + "\n").encode())
-    log.info("best val/acc %.4f (%s); meta-test not run", record["val_acc"], best.best_model_path)
+    log.info("best val/accuracy %.4f (%s); meta-test not run", record["val_accuracy"], best.best_model_path)
 
 
 def show_info_logs() -> None:

@@ -101,6 +101,9 @@ METHODS: list[Method] = [
     Method("Siamese", algorithms.Siamese, "siamese",
            'Koch, Zemel and Salakhutdinov, "Siamese Neural Networks for One-shot Image Recognition", '
            "ICML Deep Learning Workshop 2015", settings={"optimizer": _ADAM}),
+    Method("LSTM meta-learner", algorithms.LSTMMetaLearner, "lstm_meta_learner",
+           'Ravi and Larochelle, "Optimization as a Model for Few-Shot Learning", ICLR 2017',
+           settings=_INNER),
 ]  # fmt: skip
 
 

@@ -1,7 +1,7 @@
 """``python -m metaclinic.tune --config <experiment>.yaml --grid <grid>.yaml``: settings chosen on meta-val.
 
 Every combination of the grid's values is one trial: a full ``metaclinic.fit`` run with those overrides and
-``--meta_test=false``, so its score is its best ``val/acc`` on the meta-validation episodes and no trial
+``--meta_test=false``, so its score is its best ``val/accuracy`` on the meta-validation episodes and no trial
 ever draws a meta-test episode. The trials and the winner go to ``<runs_dir>/<name>_tuning.json``; the
 meta-test report is then the winner's alone (``python -m metaclinic.evaluate`` on its checkpoint, or a fresh
 fit with its overrides), so the test episodes are used once, after the choice.
@@ -31,9 +31,9 @@ import yaml
 
 from metaclinic.cli import RUN_DIR_ENV
 from metaclinic.errors import DataError, MetaclinicError
+from metaclinic.experiment.storage import write_atomically
 from metaclinic.fit import VALIDATION_FILE
 from metaclinic.fit import run as fit
-from metaclinic.storage import write_atomically
 
 log = logging.getLogger("metaclinic")
 
@@ -71,12 +71,16 @@ def run(config: Path, grid_path: Path, name: str, runs_dir: Path, fit_args: list
         newest = max((runs_dir / run_name).glob(f"*/{VALIDATION_FILE}"), key=lambda p: p.stat().st_mtime)
         score = json.loads(newest.read_text())
         results.append({"settings": settings, "overrides": overrides, "run_dir": str(newest.parent), **score})
-    best = max(results, key=lambda r: r["val_acc"])
+    best = max(results, key=lambda r: r["val_accuracy"])
     summary = {"config": str(config), "grid": grid, "fit_args": fit_args, "trials": results, "best": best}
     out = runs_dir / f"{name}_tuning.json"
     write_atomically(out, json.dumps(summary, indent=2) + "\n")
     log.info(
-        "best of %d trials: val/acc %.4f with %s (%s)", len(results), best["val_acc"], best["settings"], out
+        "best of %d trials: val/accuracy %.4f with %s (%s)",
+        len(results),
+        best["val_accuracy"],
+        best["settings"],
+        out,
     )
     return summary
 

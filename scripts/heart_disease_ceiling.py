@@ -30,7 +30,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from metaclinic.data import TableEpisodes, TableSpec
 from metaclinic.data.datamodule import DATA_DIR_ENV
-from metaclinic.storage import write_atomically
+from metaclinic.experiment.storage import write_atomically
 
 REPO = Path(__file__).resolve().parents[1]
 HOSPITALS = ["cleveland", "hungarian", "switzerland", "va"]

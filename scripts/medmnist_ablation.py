@@ -3,8 +3,8 @@
     python scripts/medmnist_ablation.py --runs_dir runs/ablation --out ablation.md
 
 Every step is a ``metaclinic.fit`` of a shipped config under the README sweep's protocol (Conv-4/64, 5-way
-5-shot, 15 queries per class, 300 meta-batches of 4 tasks, the best checkpoint on ``val/acc``, the same 600
-meta-test episodes), with the step's levers added: augmentation, a pretrained backbone (``init_from`` the
+5-shot, 15 queries per class, 300 meta-batches of 4 tasks, the best checkpoint on ``val/accuracy``, the same
+600 meta-test episodes), with the step's levers added: augmentation, a pretrained backbone (``init_from`` the
 best checkpoint of an earlier step), unlabelled target-domain images, or test-time fine-tuning on the
 support set (``metaclinic.evaluate`` of an earlier step's checkpoint with ``support_finetuning``). A step
 whose report exists is not run again (``--rerun`` forces it). The table gives every step's accuracy with
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from metaclinic.compare import Run, check_same_episodes
-from metaclinic.report import REPORT_FILE, Estimate
-from metaclinic.storage import write_atomically
+from metaclinic.evaluation.report import REPORT_FILE, Estimate
+from metaclinic.experiment.storage import write_atomically
 
 REPO = Path(__file__).resolve().parents[1]
 PROTOCOL = [

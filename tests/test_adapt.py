@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 from metaclinic.adapt import load_meta_trained, main, probability_column
-from metaclinic.adaptation import adapted_classifier, check_support, class_probabilities, export_classifier
 from metaclinic.algorithms import (
     ANIL,
     MAML,
@@ -34,6 +33,12 @@ from metaclinic.data.synthetic import write_synthetic_heart_disease
 from metaclinic.data.table import TableSpec
 from metaclinic.data.task import TaskBatch
 from metaclinic.errors import DataError
+from metaclinic.evaluation.export import (
+    adapted_classifier,
+    check_support,
+    class_probabilities,
+    export_classifier,
+)
 from metaclinic.models import MLP, Conv4
 
 from .conftest import REPO, fit_in_process

@@ -27,7 +27,7 @@ from metaclinic.baselines.logistic import LAM_GRID
 from metaclinic.data import MedMNISTEpisodes, TableEpisodes
 from metaclinic.data.task import TaskBatch
 from metaclinic.errors import DataError
-from metaclinic.metrics import episode_auroc
+from metaclinic.evaluation.metrics import episode_auroc
 from metaclinic.models import Conv4
 
 from .conftest import SPLIT

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from metaclinic.calibration import fit_temperature
+from metaclinic.evaluation.calibration import fit_temperature
 
 from .conftest import REPO, fit_in_process
 

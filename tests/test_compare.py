@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from metaclinic.compare import find_baseline_reports, main, show_baselines
-from metaclinic.report import MetaTestReport
+from metaclinic.evaluation.report import MetaTestReport
 
 
 def write_report(

@@ -31,13 +31,13 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from metaclinic.algorithms import MAML
-from metaclinic.callbacks import CheckpointOnSigterm, MetaBatchSeeding, ModelCheckpoint
 from metaclinic.cli import RUN_DIR_ENV
 from metaclinic.data import MedMNISTEpisodes
 from metaclinic.data.synthetic import write_synthetic_heart_disease
+from metaclinic.experiment.callbacks import CheckpointOnSigterm, MetaBatchSeeding, ModelCheckpoint
+from metaclinic.experiment.tracking import REDACTED, redact_paths
 from metaclinic.fit import main
 from metaclinic.models import Conv4
-from metaclinic.tracking import REDACTED, redact_paths
 
 from .conftest import REPO, SPLIT
 from .test_resume import CrashAt
@@ -89,7 +89,7 @@ def train(medmnist_root: Path, ckpt_dir: Path, stop: Callback | None = None, res
         meta_batches_per_epoch=VAL_EVERY, val_episodes=4, eval_meta_batch_size=2, test_episodes=4,
     )  # fmt: skip
     model = MAML(DropoutConv4(), n_way=5, inner_lr=0.4, train_steps=1, eval_steps=1)
-    best = ModelCheckpoint(ckpt_dir, "best-{step}", monitor="val/acc", mode="max", save_top_k=-1)
+    best = ModelCheckpoint(ckpt_dir, "best-{step}", monitor="val/accuracy", mode="max", save_top_k=-1)
     last = ModelCheckpoint(ckpt_dir, "last", every_n_train_steps=SAVE_EVERY, enable_version_counter=False)
     callbacks = [MetaBatchSeeding(0), best, last, CheckpointOnSigterm(ckpt_dir / "last.ckpt")]
     trainer = Trainer(
@@ -148,9 +148,9 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config["model"]["init_args"].update(train_steps=1, eval_steps=2)
     config["model"]["init_args"]["backbone"]["init_args"].update(hidden=16, dropout=0.3)
     config["trainer"].update(max_steps=STEPS, log_every_n_steps=2, enable_progress_bar=False)
-    config["trainer"]["callbacks"] = [  # as in the shipped configs: best on val/acc, and last every N steps
+    config["trainer"]["callbacks"] = [  # as in the shipped configs: best on val/accuracy, last every N steps
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-         "init_args": {"monitor": "val/acc", "mode": "max", "filename": "best-{step}"}},
+         "init_args": {"monitor": "val/accuracy", "mode": "max", "filename": "best-{step}"}},
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
          "init_args": {"filename": "last", "every_n_train_steps": SAVE_EVERY,
                        "enable_version_counter": False}},

@@ -7,7 +7,7 @@ import torch
 
 from metaclinic.algorithms import ProtoNet
 from metaclinic.algorithms.finetune import SupportFineTuning
-from metaclinic.metrics import episode_accuracy
+from metaclinic.evaluation.metrics import episode_accuracy
 from metaclinic.models import Conv4
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metaclinic.adaptation import adapted_classifier, class_probabilities, export_classifier
+from metaclinic.evaluation.export import adapted_classifier, class_probabilities, export_classifier
 from metaclinic.models import MLP, Conv4
 
 from .test_adapt import ALGORITHMS

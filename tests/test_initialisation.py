@@ -66,7 +66,7 @@ def test_a_backbone_of_another_shape_is_refused_with_the_differences(make_datamo
 
 def test_a_checkpoint_with_no_such_backbone_or_with_code_is_refused(tmp_path: Path):
     from metaclinic.algorithms.initialisation import load_backbone
-    from metaclinic.storage import UnsafeCheckpointError
+    from metaclinic.experiment.storage import UnsafeCheckpointError
 
     torch.save({"state_dict": {"head.weight": torch.zeros(2, 2)}}, tmp_path / "other.ckpt")
     with pytest.raises(DataError, match="holds no backbone like this one"):

@@ -1,4 +1,4 @@
-"""The private Lightning names of metaclinic.lightning_internals exist and behave as it assumes.
+"""The private Lightning names of metaclinic.experiment.lightning_internals exist and behave as it assumes.
 
 A Lightning release that renames, re-signs or changes one of them fails here, with the version and the
 name, instead of silently changing how metaclinic checkpoints, resumes or records hyperparameters.
@@ -25,7 +25,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-from metaclinic.lightning_internals import (
+from metaclinic.experiment.lightning_internals import (
     CHECKED_VERSIONS,
     ModelInstantiator,
     attached_trainer,
@@ -42,9 +42,9 @@ from metaclinic.lightning_internals import (
 
 def broken(name: str, what: str) -> str:
     return (
-        f"Lightning {lightning.__version__}: {name} {what}. metaclinic.lightning_internals relies on it "
-        f"(checked on Lightning {', '.join(CHECKED_VERSIONS)}); adapt the wrapper there, or keep Lightning "
-        "to a checked version"
+        f"Lightning {lightning.__version__}: {name} {what}. metaclinic.experiment.lightning_internals relies "
+        f"on it (checked on Lightning {', '.join(CHECKED_VERSIONS)}); adapt the wrapper there, or keep "
+        "Lightning to a checked version"
     )
 
 

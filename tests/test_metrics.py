@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, recall_score, roc_auc_score
 
-from metaclinic.metrics import (
+from metaclinic.evaluation.metrics import (
     episode_accuracy,
     episode_auroc,
     episode_balanced_accuracy,
@@ -19,7 +19,7 @@ from metaclinic.metrics import (
     episode_specificity,
     reliability_bins,
 )
-from metaclinic.report import Estimate
+from metaclinic.evaluation.report import Estimate
 
 # Two 3-way episodes of 6 queries, with scores that rank well but not perfectly. Real episodes have as many
 # queries of every class, which makes balanced accuracy equal accuracy; the second episode here has not.

@@ -283,7 +283,12 @@ def test_every_algorithm_trains_and_evaluates_under_bf16_mixed(name: str, make_d
     (validation,) = trainer.validate(model, datamodule=data, verbose=False)
     trainer.test(model, datamodule=data, verbose=False)
     report = model.test_report.metrics
-    numbers = [validation["val/loss"], validation["val/acc"], report["accuracy"].mean, report["auroc"].mean]
+    numbers = [
+        validation["val/loss"],
+        validation["val/accuracy"],
+        report["accuracy"].mean,
+        report["auroc"].mean,
+    ]
     assert all(torch.isfinite(torch.tensor(numbers))), f"{name}: {numbers}"
 
 

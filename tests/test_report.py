@@ -14,8 +14,8 @@ from metaclinic.algorithms.base import EpisodicModule
 from metaclinic.data.datamodule import EpisodicDataModule
 from metaclinic.data.pool import ClassInfo, ClassPool
 from metaclinic.data.task import TaskBatch
-from metaclinic.metrics import BINARY_METRICS, METRICS
-from metaclinic.report import Estimate, MetaTestReport
+from metaclinic.evaluation.metrics import BINARY_METRICS, METRICS
+from metaclinic.evaluation.report import Estimate, MetaTestReport
 
 
 def test_confidence_interval_matches_hand_computation():

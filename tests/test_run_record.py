@@ -15,7 +15,7 @@ import yaml
 from lightning.pytorch import Callback
 
 from metaclinic import evaluate, fit
-from metaclinic.run_record import HISTORY_FILE
+from metaclinic.experiment.run_record import HISTORY_FILE
 
 from .conftest import fit_in_process
 from .test_cli import fit_args

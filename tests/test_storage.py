@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from metaclinic.errors import DataError, WriteError
-from metaclinic.storage import (
+from metaclinic.experiment.storage import (
     AtomicCheckpointIO,
     UnsafeCheckpointError,
     load_checkpoint,

@@ -37,11 +37,11 @@ def test_every_trial_is_scored_on_meta_validation_and_the_best_kept(
         {"model.init_args.optimizer.init_args.lr": 0.003},
     ]
     frozen, learning = summary["trials"]
-    assert learning["val_acc"] > frozen["val_acc"] + 0.05
+    assert learning["val_accuracy"] > frozen["val_accuracy"] + 0.05
     assert summary["best"] == learning
     assert (
-        json.loads((tmp_path / "runs/proto_tuning.json").read_text())["best"]["val_acc"]
-        == learning["val_acc"]
+        json.loads((tmp_path / "runs/proto_tuning.json").read_text())["best"]["val_accuracy"]
+        == learning["val_accuracy"]
     )
     for trial in summary["trials"]:
         run_dir = Path(trial["run_dir"])

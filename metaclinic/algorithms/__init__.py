@@ -3,6 +3,7 @@
 from metaclinic.algorithms.anil import ANIL
 from metaclinic.algorithms.base import EpisodicModule
 from metaclinic.algorithms.inner_loop import InnerLoopModule
+from metaclinic.algorithms.lstm_meta_learner import LSTMMetaLearner
 from metaclinic.algorithms.maml import MAML
 from metaclinic.algorithms.maml_plus_plus import MAMLPlusPlus
 from metaclinic.algorithms.matchingnet import MatchingNet
@@ -18,6 +19,7 @@ __all__ = [
     "MAML",
     "EpisodicModule",
     "InnerLoopModule",
+    "LSTMMetaLearner",
     "MAMLPlusPlus",
     "MatchingNet",
     "MetaSGD",

@@ -47,7 +47,7 @@ def frozen(adapted: nn.Module) -> nn.Module:
 
 
 class CalibratedProbabilities(nn.Module):
-    """An adapted model's logits divided by the temperature (``metaclinic.calibration``), softmaxed."""
+    """An adapted model's logits divided by the temperature (:mod:`metaclinic.evaluation.calibration`)."""
 
     def __init__(self, adapted: nn.Module, temperature: float) -> None:
         super().__init__()

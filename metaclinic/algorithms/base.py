@@ -16,11 +16,11 @@ from torchmetrics import CatMetric, MeanMetric
 from metaclinic.algorithms.adapted import SupportSetClassifier
 from metaclinic.algorithms.initialisation import load_backbone
 from metaclinic.data.task import Task, TaskBatch
-from metaclinic.lightning_internals import attached_trainer
-from metaclinic.metrics import episode_accuracy
+from metaclinic.evaluation.metrics import episode_accuracy
+from metaclinic.evaluation.recorder import MetaTestRecorder
+from metaclinic.evaluation.report import MetaTestReport
+from metaclinic.experiment.lightning_internals import attached_trainer
 from metaclinic.models.normalization import embed_jointly, normalises_per_episode, uses_batch_statistics
-from metaclinic.recorder import MetaTestRecorder
-from metaclinic.report import MetaTestReport
 
 
 def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
@@ -36,11 +36,11 @@ class EpisodicModule(LightningModule):
     A training step takes a meta-batch of tasks, scores every task's query set after adapting to its support
     set (``adapt``, or ``score_tasks`` for algorithms that batch over tasks), and returns the mean
     query loss for the outer update. Validation and test do the same without the outer update; test keeps
-    every episode's metrics (:mod:`metaclinic.metrics`) for the meta-test report (mean with a 95% confidence
-    interval, per episode, per domain).
+    every episode's metrics (:mod:`metaclinic.evaluation.metrics`) for the meta-test report (mean with a 95%
+    confidence interval, per episode, per domain).
 
-    Logged: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, and ``test/<metric>`` with
-    ``test/<metric>_ci95`` for every metric of the report (accuracy as ``test/acc``, ``test/acc_ci95``).
+    Logged: ``train/loss``, ``train/accuracy``, ``val/loss``, ``val/accuracy``, and ``test/<metric>`` with
+    ``test/<metric>_ci95`` for every metric of the report (``test/accuracy``, ``test/accuracy_ci95``, ...).
 
     Args:
         optimizer: builds the outer-loop (meta) optimizer from the parameters.
@@ -77,7 +77,7 @@ class EpisodicModule(LightningModule):
         self.test_recorder = MetaTestRecorder()
         self.test_report: MetaTestReport | None = None
         # Probabilities are softmax(logits / temperature); the temperature is fitted on meta-validation
-        # episodes after training (metaclinic.calibration) and saved with the weights.
+        # episodes after training (metaclinic.evaluation.calibration) and saved with the weights.
         self.register_buffer("calibration_temperature", torch.ones(()))
         self.calibration_queries = False  # validation keeps its query logits while True (for calibration)
         self.calibration_logits, self.calibration_labels = CatMetric(), CatMetric()
@@ -222,7 +222,7 @@ class EpisodicModule(LightningModule):
 
     def log_training(self, loss: Tensor, accuracy: Tensor) -> None:
         self.log("train/loss", loss, prog_bar=True, batch_size=len(accuracy))
-        self.log("train/acc", accuracy.mean(), prog_bar=True, batch_size=len(accuracy))
+        self.log("train/accuracy", accuracy.mean(), prog_bar=True, batch_size=len(accuracy))
 
     def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
         scores = self.checked_scores(batch)
@@ -233,7 +233,7 @@ class EpisodicModule(LightningModule):
         self.val_loss.update(loss, weight=len(batch))
         self.val_acc.update(accuracy)
         self.log("val/loss", self.val_loss, prog_bar=False)
-        self.log("val/acc", self.val_acc, prog_bar=True)
+        self.log("val/accuracy", self.val_acc, prog_bar=True)
 
     def collected_validation_queries(self) -> tuple[Tensor, Tensor]:
         """The query logits ``(queries, n_way)`` and labels kept by validation, gathered across processes."""
@@ -264,8 +264,7 @@ class EpisodicModule(LightningModule):
         }
         logged = {"test/transductive": float(self.transductive)}
         for name, estimate in self.test_report.metrics.items():
-            key = "acc" if name == "accuracy" else name  # the name train/acc and val/acc use
-            logged.update({f"test/{key}": estimate.mean, f"test/{key}_ci95": estimate.ci95})
+            logged.update({f"test/{name}": estimate.mean, f"test/{name}_ci95": estimate.ci95})
         self.log_dict(logged)
 
     def summarise_test_episodes(self, domain_names: list[str] | None) -> MetaTestReport:

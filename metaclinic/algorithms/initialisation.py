@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from metaclinic.errors import DataError
-from metaclinic.report import REPORT_FILE
-from metaclinic.storage import load_checkpoint
+from metaclinic.evaluation.report import REPORT_FILE
+from metaclinic.experiment.storage import load_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,12 @@ from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
-from metaclinic.lightning_internals import log_offline_from_now, logs_offline, wandb_init_arguments, wandb_run
+from metaclinic.experiment.lightning_internals import (
+    log_offline_from_now,
+    logs_offline,
+    wandb_init_arguments,
+    wandb_run,
+)
 
 log = logging.getLogger("metaclinic")
 

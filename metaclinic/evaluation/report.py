@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from scipy import stats
 
-from metaclinic.storage import write_atomically
+from metaclinic.experiment.storage import write_atomically
 
 MIXED_DOMAIN = "mixed"  # the breakdown's name for episodes whose classes come from several domains
 REPORT_FILE = "meta_test_report.json"  # in every run directory, and in its evaluation/
@@ -50,10 +50,10 @@ class Estimate:
 class MetaTestReport:
     """What a run reports on its meta-test episodes; written as ``meta_test_report.json`` in the run dir.
 
-    ``metrics`` summarises every metric over all episodes (see :mod:`metaclinic.metrics`). ``per_episode``
-    keeps each metric's value of every episode, in the order of ``episode_index`` (ascending), so that two
-    reports on the same episodes (equal ``extra["split_fingerprint"]`` and ``extra["eval_seed"]``) can be
-    compared pairwise. ``breakdown`` summarises the metrics per domain (hospital, dataset) when the
+    ``metrics`` summarises every metric over all episodes (see :mod:`metaclinic.evaluation.metrics`).
+    ``per_episode`` keeps each metric's value of every episode, in the order of ``episode_index`` (ascending),
+    so that two reports on the same episodes (equal ``extra["split_fingerprint"]`` and ``extra["eval_seed"]``)
+    can be compared pairwise. ``breakdown`` summarises the metrics per domain (hospital, dataset) when the
     meta-test split has several; an episode with classes of several domains counts as ``"mixed"``.
     ``reliability`` pools every query of every episode into equal-width bins of top-class probability
     (``bin_upper``, ``count``, ``confidence``, ``accuracy``): the data of a reliability diagram.

@@ -29,7 +29,7 @@ from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from metaclinic.data.task import TaskBatch
-from metaclinic.lightning_internals import (
+from metaclinic.experiment.lightning_internals import (
     is_last_batch_of_epoch,
     last_saved_step,
     save_unmonitored_checkpoint,

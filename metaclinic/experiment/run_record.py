@@ -20,7 +20,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 
 from metaclinic.errors import DataError
-from metaclinic.storage import load_checkpoint, write_atomically
+from metaclinic.experiment.storage import load_checkpoint, write_atomically
 
 CONFIG_FILE = "config.yaml"
 HISTORY_FILE = "config_history.yaml"

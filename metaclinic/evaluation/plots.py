@@ -12,7 +12,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from metaclinic.storage import write_atomically
+from metaclinic.experiment.storage import write_atomically
 
 CURVE_METRICS = {"accuracy": "accuracy", "auroc": "AUROC"}
 

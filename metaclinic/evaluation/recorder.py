@@ -2,9 +2,9 @@
 
 An algorithm only scores episodes; this module keeps what the report needs of every scored episode (its
 metrics, index and domain, every query's confidence and correctness) and turns them into a
-:class:`~metaclinic.report.MetaTestReport`. The values are torchmetrics ``CatMetric`` states, so episodes
-scored in several processes are gathered before the report is built. What an episode is (its domain, which
-class is positive) travels with it in the :class:`~metaclinic.data.task.TaskBatch` from the data layer.
+:class:`~metaclinic.evaluation.report.MetaTestReport`. The values are torchmetrics ``CatMetric`` states, so
+episodes scored in several processes are gathered before the report is built. What an episode is (its domain,
+which class is positive) travels with it in the :class:`~metaclinic.data.task.TaskBatch` from the data layer.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from torch import Tensor, nn
 from torchmetrics import CatMetric
 
 from metaclinic.data.task import TaskBatch
-from metaclinic.metrics import (
+from metaclinic.evaluation.metrics import (
     BINARY_METRICS,
     METRICS,
     episode_calibration_error,
     episode_metrics,
     reliability_bins,
 )
-from metaclinic.report import MIXED_DOMAIN, MetaTestReport
+from metaclinic.evaluation.report import MIXED_DOMAIN, MetaTestReport
 
 
 class MetaTestRecorder(nn.Module):

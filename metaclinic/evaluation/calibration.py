@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
-from metaclinic.storage import load_checkpoint, write_atomically
+from metaclinic.experiment.storage import load_checkpoint, write_atomically
 
 log = logging.getLogger("metaclinic")
 

@@ -6,12 +6,12 @@ Adaptation is the evaluation path itself: the support set and the cases to predi
 for MAML-style algorithms, prototypes for ProtoNet, attention for Matching Networks, and so on. The adapted
 model it returns (:mod:`metaclinic.algorithms.adapted`) maps preprocessed inputs ``(batch, *example)`` to
 class logits; probabilities are their softmax divided by the model's temperature (fitted on meta-validation,
-:mod:`metaclinic.calibration`). The predictions are that module's, and ``torch.export`` saves the same module,
-so that it loads without metaclinic, learn2learn or Lightning. Every case is scored from the support set and
-itself alone, unless the backbone uses transductive batch norm (``norm="transductive"``): that one normalises
-the query set with its own statistics, so a case's probabilities depend on the other cases scored with it; the
-exported model does the same, and gives the probabilities of ``predictions.csv`` when it is called with all
-the predicted cases in one batch.
+:mod:`metaclinic.evaluation.calibration`). The predictions are that module's, and ``torch.export`` saves the
+same module, so that it loads without metaclinic, learn2learn or Lightning. Every case is scored from the
+support set and itself alone, unless the backbone uses transductive batch norm (``norm="transductive"``): that
+one normalises the query set with its own statistics, so a case's probabilities depend on the other cases
+scored with it; the exported model does the same, and gives the probabilities of ``predictions.csv`` when it
+is called with all the predicted cases in one batch.
 
 Cases are read in the format the model was trained on by :mod:`metaclinic.data.cases`.
 """
