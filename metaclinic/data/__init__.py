@@ -4,6 +4,7 @@ from metaclinic.data.datamodule import EpisodicDataModule
 from metaclinic.data.episodes import EpisodeDataset, MetaBatchSampler
 from metaclinic.data.image_folder import ImageFolderEpisodes
 from metaclinic.data.medmnist_datamodule import MedMNISTEpisodes
+from metaclinic.data.molecules import MoleculeEpisodes as MoleculeEpisodes
 from metaclinic.data.pool import ClassInfo, ClassPool
 from metaclinic.data.table import TableSpec
 from metaclinic.data.table_datamodule import TableEpisodes
