@@ -9,6 +9,7 @@ from metaclinic.data.pool import ClassInfo, ClassPool
 from metaclinic.data.table import TableSpec
 from metaclinic.data.table_datamodule import TableEpisodes
 from metaclinic.data.task import Task, TaskBatch
+from metaclinic.data.timeseries_datamodule import TimeSeriesEpisodes as TimeSeriesEpisodes
 
 __all__ = [
     "ClassInfo",

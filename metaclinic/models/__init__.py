@@ -5,6 +5,7 @@ module's ``example_shape``, so a config never repeats it.
 """
 
 from metaclinic.models.conv4 import Conv4
+from metaclinic.models.fcn1d import FCN1D as FCN1D
 from metaclinic.models.mlp import MLP
 from metaclinic.models.pretrained import PretrainedBackbone
 from metaclinic.models.resnet12 import ResNet12
