@@ -104,6 +104,9 @@ METHODS: list[Method] = [
     Method("LSTM meta-learner", algorithms.LSTMMetaLearner, "lstm_meta_learner",
            'Ravi and Larochelle, "Optimization as a Model for Few-Shot Learning", ICLR 2017',
            settings=_INNER),
+    Method("MetaNet", algorithms.MetaNetwork, "metanet",
+           'Munkhdalai and Yu, "Meta Networks", ICML 2017',
+           settings={"hidden": 32, "key_size": 32, "optimizer": _ADAM}),
 ]  # fmt: skip
 
 

@@ -7,6 +7,7 @@ from metaclinic.algorithms.lstm_meta_learner import LSTMMetaLearner
 from metaclinic.algorithms.maml import MAML
 from metaclinic.algorithms.maml_plus_plus import MAMLPlusPlus
 from metaclinic.algorithms.matchingnet import MatchingNet
+from metaclinic.algorithms.metanet import MetaNetwork
 from metaclinic.algorithms.metasgd import MetaSGD
 from metaclinic.algorithms.metric_based import MetricModule
 from metaclinic.algorithms.protonet import ProtoNet
@@ -22,6 +23,7 @@ __all__ = [
     "LSTMMetaLearner",
     "MAMLPlusPlus",
     "MatchingNet",
+    "MetaNetwork",
     "MetaSGD",
     "MetricModule",
     "ProtoNet",
