@@ -75,18 +75,23 @@ class EpisodeDataset(Dataset):
         domain = self._domains[0] if domain is None else domain
         classes = domain[rng.choice(len(domain), size=self.n_way, replace=False)]
         rows = self._draw_examples(rng, classes, episode)
+        return self.episode_task(
+            classes, rows, self._positive_class(classes), self._domain_code(classes)
+        ), episode
+
+    def episode_task(self, classes: np.ndarray, rows: np.ndarray, positive_class: int, domain: int) -> Task:
+        """The task of ``classes`` whose examples are ``rows (n_way, n_shot + n_query)``: support first."""
         support, query = rows[:, : self.n_shot].reshape(-1), rows[:, self.n_shot :].reshape(-1)
-        labels = torch.arange(self.n_way)
-        task = Task(
+        labels = torch.arange(len(classes))
+        return Task(
             support_x=self.pool.examples[support],
             support_y=labels.repeat_interleave(self.n_shot),
             query_x=self.pool.examples[query],
             query_y=labels.repeat_interleave(self.n_query),
             classes=torch.from_numpy(classes).long(),
-            positive_class=torch.tensor(self._positive_class(classes)),
-            domain=torch.tensor(self._domain_code(classes)),
+            positive_class=torch.tensor(positive_class),
+            domain=torch.tensor(domain),
         )
-        return task, episode
 
     def _positive_class(self, classes: np.ndarray) -> int:
         """A binary episode's positive class: the one whose :attr:`ClassInfo.target` sorts last (``"1"`` of a

@@ -249,17 +249,7 @@ class AssayEpisodes(EpisodeDataset):
         assay = episode % len(self._assays) if self.balanced else int(rng.integers(len(self._assays)))
         classes = self._assays[assay]  # (inactive, active)
         rows = self._draw_examples(rng, classes, episode)
-        support, query = rows[:, : self.n_shot].reshape(-1), rows[:, self.n_shot :].reshape(-1)
-        labels = torch.arange(2)
-        task = Task(
-            support_x=self.pool.examples[support],
-            support_y=labels.repeat_interleave(self.n_shot),
-            query_x=self.pool.examples[query],
-            query_y=labels.repeat_interleave(self.n_query),
-            classes=torch.from_numpy(classes).long(),
-            positive_class=torch.tensor(1),
-            domain=torch.tensor(assay),
-        )
+        task = self.episode_task(classes, rows, positive_class=1, domain=assay)
         return task, episode
 
 
