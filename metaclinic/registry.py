@@ -107,6 +107,9 @@ METHODS: list[Method] = [
     Method("MetaNet", algorithms.MetaNetwork, "metanet",
            'Munkhdalai and Yu, "Meta Networks", ICML 2017',
            settings={"hidden": 32, "key_size": 32, "optimizer": _ADAM}),
+    Method("LEO", algorithms.LEO, "leo",
+           'Rusu et al., "Meta-Learning with Latent Embedding Optimization", ICLR 2019',
+           settings={"optimizer": _ADAM}),
 ]  # fmt: skip
 
 

@@ -3,6 +3,7 @@
 from metaclinic.algorithms.anil import ANIL
 from metaclinic.algorithms.base import EpisodicModule
 from metaclinic.algorithms.inner_loop import InnerLoopModule
+from metaclinic.algorithms.leo import LEO
 from metaclinic.algorithms.lstm_meta_learner import LSTMMetaLearner
 from metaclinic.algorithms.maml import MAML
 from metaclinic.algorithms.maml_plus_plus import MAMLPlusPlus
@@ -17,6 +18,7 @@ from metaclinic.algorithms.siamese import Siamese
 
 __all__ = [
     "ANIL",
+    "LEO",
     "MAML",
     "EpisodicModule",
     "InnerLoopModule",
