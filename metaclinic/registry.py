@@ -110,6 +110,9 @@ METHODS: list[Method] = [
     Method("LEO", algorithms.LEO, "leo",
            'Rusu et al., "Meta-Learning with Latent Embedding Optimization", ICLR 2019',
            settings={"optimizer": _ADAM}),
+    Method("MetaGAN", algorithms.MetaGAN, "metagan",
+           'Zhang, Che, Ghahramani, Bengio and Song, "MetaGAN: An Adversarial Approach to Few-Shot '
+           'Learning", NeurIPS 2018', settings={"optimizer": _ADAM}),
 ]  # fmt: skip
 
 

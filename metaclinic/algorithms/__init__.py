@@ -8,6 +8,7 @@ from metaclinic.algorithms.lstm_meta_learner import LSTMMetaLearner
 from metaclinic.algorithms.maml import MAML
 from metaclinic.algorithms.maml_plus_plus import MAMLPlusPlus
 from metaclinic.algorithms.matchingnet import MatchingNet
+from metaclinic.algorithms.metagan import MetaGAN
 from metaclinic.algorithms.metanet import MetaNetwork
 from metaclinic.algorithms.metasgd import MetaSGD
 from metaclinic.algorithms.metric_based import MetricModule
@@ -25,6 +26,7 @@ __all__ = [
     "LSTMMetaLearner",
     "MAMLPlusPlus",
     "MatchingNet",
+    "MetaGAN",
     "MetaNetwork",
     "MetaSGD",
     "MetricModule",
