@@ -113,6 +113,10 @@ METHODS: list[Method] = [
     Method("MetaGAN", algorithms.MetaGAN, "metagan",
            'Zhang, Che, Ghahramani, Bengio and Song, "MetaGAN: An Adversarial Approach to Few-Shot '
            'Learning", NeurIPS 2018', settings={"optimizer": _ADAM}),
+    Method("MANN", algorithms.MANN, "mann",
+           'Santoro et al., "Meta-Learning with Memory-Augmented Neural Networks", ICML 2016',
+           settings={"controller_size": 64, "memory_slots": 16, "memory_size": 32,
+                     "optimizer": functools.partial(torch.optim.Adam, lr=1e-2)}),
 ]  # fmt: skip
 
 

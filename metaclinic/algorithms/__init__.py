@@ -7,6 +7,7 @@ from metaclinic.algorithms.leo import LEO
 from metaclinic.algorithms.lstm_meta_learner import LSTMMetaLearner
 from metaclinic.algorithms.maml import MAML
 from metaclinic.algorithms.maml_plus_plus import MAMLPlusPlus
+from metaclinic.algorithms.mann import MANN
 from metaclinic.algorithms.matchingnet import MatchingNet
 from metaclinic.algorithms.metagan import MetaGAN
 from metaclinic.algorithms.metanet import MetaNetwork
@@ -21,6 +22,7 @@ __all__ = [
     "ANIL",
     "LEO",
     "MAML",
+    "MANN",
     "EpisodicModule",
     "InnerLoopModule",
     "LSTMMetaLearner",
