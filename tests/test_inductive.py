@@ -67,3 +67,21 @@ def test_transductive_batch_norm_is_declared_and_does_depend_on_the_batch():
     together = class_probabilities(model, support_x, support_y, query_x)[:1]
     alone = class_probabilities(model, support_x, support_y, query_x[:1])
     assert (together - alone).abs().max() > 1e-4
+
+
+def assert_cases_scored_alone_as_together(model, support_x, support_y, query_x, cases: int = 4):
+    """The first ``cases`` queries scored one at a time get their probabilities among all the queries, which
+    are not all alike, and the exported adapted model gives them too (whole batch and a single case)."""
+    together = class_probabilities(model, support_x, support_y, query_x)
+    alone = torch.cat(
+        [class_probabilities(model, support_x, support_y, query_x[i : i + 1]) for i in range(cases)]
+    )
+    torch.testing.assert_close(alone, together[:cases], atol=1e-5, rtol=0)
+    assert together.std(0).max() > 1e-3  # the case itself matters
+    program = export_classifier(
+        adapted_classifier(model, support_x, support_y, query_x), query_x[:4]
+    ).module()
+    with torch.no_grad():
+        torch.testing.assert_close(program(query_x), together, atol=1e-5, rtol=0)
+        torch.testing.assert_close(program(query_x[:1]), together[:1], atol=1e-5, rtol=0)
+    return together

@@ -12,9 +12,9 @@ from torch import Tensor, nn
 from metaclinic.algorithms import LEO
 from metaclinic.algorithms.leo import kl_to_standard_normal, orthogonality_penalty
 from metaclinic.data.task import Task, TaskBatch
-from metaclinic.evaluation.export import adapted_classifier, class_probabilities, export_classifier
 from metaclinic.models import MLP, Conv4
 
+from .test_inductive import assert_cases_scored_alone_as_together
 from .test_maml import quiet_trainer
 
 D = 6  # embedding size of the identity backbone
@@ -194,18 +194,7 @@ def test_a_case_alone_gets_its_probabilities_among_others_and_in_the_export():
     model = LEO(MLP((10,), hidden=8, norm="support"), latent_size=4)
     support_y = torch.tensor([0, 0, 1, 1, 1, 2, 2])
     support_x, query_x = torch.randn(7, 10) + support_y[:, None], torch.randn(12, 10)
-    together = class_probabilities(model, support_x, support_y, query_x)
-    alone = torch.cat(
-        [class_probabilities(model, support_x, support_y, query_x[i : i + 1]) for i in range(4)]
-    )
-    torch.testing.assert_close(alone, together[:4], atol=1e-5, rtol=0)
-    program = export_classifier(
-        adapted_classifier(model, support_x, support_y, query_x), query_x[:4]
-    ).module()
-    with torch.no_grad():
-        torch.testing.assert_close(program(query_x), together, atol=1e-5, rtol=0)
-        torch.testing.assert_close(program(query_x[:1]), together[:1], atol=1e-5, rtol=0)
-    assert together.std(0).max() > 1e-3
+    assert_cases_scored_alone_as_together(model, support_x, support_y, query_x, cases=4)
 
 
 def test_it_evaluates_at_other_ways_and_shots_than_it_trains_on(make_datamodule):

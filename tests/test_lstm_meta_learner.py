@@ -14,9 +14,10 @@ from metaclinic.algorithms import LSTMMetaLearner
 from metaclinic.algorithms.lstm_meta_learner import preprocess
 from metaclinic.data.task import Task, TaskBatch
 from metaclinic.errors import DataError
-from metaclinic.evaluation.export import adapted_classifier, class_probabilities, export_classifier
 from metaclinic.models import MLP, Conv4
 from metaclinic.models.normalization import support_rows
+
+from .test_inductive import assert_cases_scored_alone_as_together
 
 D, N_WAY = 8, 3
 
@@ -185,18 +186,7 @@ def test_a_case_alone_gets_its_probabilities_among_others_and_from_the_export(ba
     support_y = torch.tensor([0, 0, 1, 1, 1, 2, 2])
     support_x = torch.randn(7, *shape) + support_y.view(-1, *[1] * len(shape))
     query_x = torch.randn(12, *shape) + torch.arange(12).remainder(3).view(-1, *[1] * len(shape))
-    together = class_probabilities(model, support_x, support_y, query_x)
-    alone = torch.cat(
-        [class_probabilities(model, support_x, support_y, query_x[i : i + 1]) for i in range(4)]
-    )
-    torch.testing.assert_close(alone, together[:4], atol=1e-5, rtol=0)
-    assert together.std(0).max() > 1e-3  # the case itself matters
-    program = export_classifier(
-        adapted_classifier(model, support_x, support_y, query_x), query_x[:4]
-    ).module()
-    with torch.no_grad():
-        torch.testing.assert_close(program(query_x), together, atol=1e-5, rtol=0)
-        torch.testing.assert_close(program(query_x[:1]), together[:1], atol=1e-5, rtol=0)
+    assert_cases_scored_alone_as_together(model, support_x, support_y, query_x, cases=4)
 
 
 def test_evaluation_adapts_without_a_graph_back_to_the_meta_parameters():

@@ -16,9 +16,9 @@ from metaclinic.algorithms import MetaGAN, ProtoNet
 from metaclinic.algorithms.metagan import realness
 from metaclinic.data.task import TaskBatch
 from metaclinic.errors import DataError
-from metaclinic.evaluation.export import adapted_classifier, class_probabilities, export_classifier
 from metaclinic.models import MLP, Conv4
 
+from .test_inductive import assert_cases_scored_alone_as_together
 from .test_maml import quiet_trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
@@ -96,18 +96,8 @@ def test_a_case_alone_gets_its_probabilities_among_others_and_from_the_export(ba
     fit(model, steps=3)
     batch = gaussian_tasks(seed=50)
     support_x, support_y, query_x = batch.support_x[0], batch.support_y[0], batch.query_x[0]
-    together = class_probabilities(model, support_x, support_y, query_x)
-    alone = torch.cat(
-        [class_probabilities(model, support_x, support_y, query_x[i : i + 1]) for i in range(3)]
-    )
-    torch.testing.assert_close(alone, together[:3], atol=1e-5, rtol=0)
-    assert together.shape == (15, 3) and together.std(0).max() > 1e-3
-    program = export_classifier(
-        adapted_classifier(model, support_x, support_y, query_x), query_x[:4]
-    ).module()
-    with torch.no_grad():
-        torch.testing.assert_close(program(query_x), together, atol=1e-5, rtol=0)
-        torch.testing.assert_close(program(query_x[:1]), together[:1], atol=1e-5, rtol=0)
+    together = assert_cases_scored_alone_as_together(model, support_x, support_y, query_x, cases=3)
+    assert together.shape == (15, 3)
 
 
 def test_with_adversarial_weight_zero_it_is_protonet_exactly():
