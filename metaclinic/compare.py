@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from metaclinic.errors import DataError, MetaclinicError
-from metaclinic.evaluation.report import REPORT_FILE, Estimate
+from metaclinic.evaluation.report import REPORT_FILE, Estimate, in_percent, shown
 from metaclinic.experiment.storage import write_atomically
 
 log = logging.getLogger("metaclinic")
@@ -100,17 +100,18 @@ def paired_differences(runs: list[Run]) -> dict[str, dict[str, dict[str, Estimat
 def markdown(table: dict[str, dict[str, dict[str, Estimate]]], reference: str) -> str:
     metrics = list(next(iter(table.values())))
     lines = [
-        "| run | " + " | ".join(f"{m} (%)" for m in metrics) + " |",
+        "| run | " + " | ".join(f"{m} (%)" if in_percent(m) else m for m in metrics) + " |",
         "| --- |" + " --- |" * len(metrics),
     ]
     for name, row in table.items():
         cells = []
         for metric in metrics:
-            cell = str(row[metric]["value"])
+            value = row[metric]["value"]
+            cell = f"{shown(metric, value.mean)} ± {shown(metric, value.ci95)}"
             if "difference" in row[metric]:
                 diff = row[metric]["difference"]
                 sign = "+" if diff.mean >= 0 else "−"
-                cell += f" (Δ {sign}{100 * abs(diff.mean):.2f} ± {100 * diff.ci95:.2f})"
+                cell += f" (Δ {sign}{shown(metric, abs(diff.mean))} ± {shown(metric, diff.ci95)})"
             cells.append(cell)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append(f"\nΔ: paired mean difference to {reference} over the same episodes, with its 95% CI.")

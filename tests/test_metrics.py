@@ -6,7 +6,15 @@ import math
 
 import pytest
 import torch
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, recall_score, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    cohen_kappa_score,
+    f1_score,
+    mean_absolute_error,
+    recall_score,
+    roc_auc_score,
+)
 
 from metaclinic.evaluation.metrics import (
     episode_accuracy,
@@ -15,6 +23,7 @@ from metaclinic.evaluation.metrics import (
     episode_calibration_error,
     episode_macro_f1,
     episode_metrics,
+    episode_ordinal_metrics,
     episode_sensitivity,
     episode_specificity,
     reliability_bins,
@@ -146,3 +155,52 @@ def test_reliability_bins_pool_queries_by_confidence():
     assert bins["count"] == [1, 2, 0, 0, 0, 0, 0, 0, 0, 2]
     assert bins["accuracy"][1] == 0.5 and bins["confidence"][1] == pytest.approx(0.135)
     assert bins["confidence"][9] == pytest.approx(0.975) and math.isnan(bins["accuracy"][2])
+
+
+# -- ordinal grades ------------------------------------------------------------------------------------------
+def scored_as(predicted: list[list[int]], n_way: int) -> torch.Tensor:
+    """Logits whose top class is ``predicted`` (local ids), ``(tasks, queries, n_way)``."""
+    return torch.nn.functional.one_hot(torch.tensor(predicted), n_way).float()
+
+
+def test_a_perfect_prediction_has_kappa_1_and_no_grade_error():
+    labels = torch.tensor([[0, 0, 1, 1, 2, 2]])
+    values = episode_ordinal_metrics(scored_as(labels.tolist(), 3), labels, torch.tensor([[4, 0, 2]]))
+    assert values["quadratic_kappa"].tolist() == [1.0] and values["grade_mae"].tolist() == [0.0]
+
+
+def test_off_by_one_predictions_match_the_hand_computation_in_grades():
+    # Three queries of true grades 0, 1, 2 predicted 1, 2, 2. O has one count at (0,1), (1,2), (2,2); the
+    # marginals (1, 1, 1) true and (0, 1, 2) predicted give E[i, j] = 1/3 * (0, 1, 2)[j]. With w = (i - j)^2:
+    # sum w O = 1 + 1 + 0 = 2, sum w E = (1/3 + 8/3) + (0 + 2/3) + (1/3 + 0) = 4, kappa = 1 - 2/4 = 0.5;
+    # the grade error is (1 + 1 + 0) / 3.
+    labels, predicted = torch.tensor([[0, 1, 2]]), [[1, 2, 2]]
+    values = episode_ordinal_metrics(scored_as(predicted, 3), labels, torch.tensor([[0, 1, 2]]))
+    assert values["quadratic_kappa"].item() == pytest.approx(0.5)
+    assert values["grade_mae"].item() == pytest.approx(2 / 3)
+    # The same local predictions when the classes are grades 0, 1 and 4: predicting class 2 for class 1 is now
+    # three grades off, so the error is (1 + 3 + 0) / 3; sum w O = 1 + 9 = 10, sum w E = 11 + 6 + 3 = 20.
+    values = episode_ordinal_metrics(scored_as(predicted, 3), labels, torch.tensor([[0, 1, 4]]))
+    assert values["grade_mae"].item() == pytest.approx(4 / 3)
+    assert values["quadratic_kappa"].item() == pytest.approx(0.5)
+    # Two grades, 1 and 3, two queries each, one grade-1 case predicted 3: error 2 / 4 = 0.5 grades;
+    # sum w O = 4, E = [[0.5, 1.5], [0.5, 1.5]], sum w E = 4 * (1.5 + 0.5) = 8, kappa = 0.5.
+    values = episode_ordinal_metrics(
+        scored_as([[0, 1, 1, 1]], 2), torch.tensor([[0, 0, 1, 1]]), torch.tensor([[1, 3]])
+    )
+    assert values["grade_mae"].item() == pytest.approx(0.5)
+    assert values["quadratic_kappa"].item() == pytest.approx(0.5)
+
+
+def test_ordinal_metrics_match_sklearn_on_grades_in_any_order():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 12, 3, generator=generator)
+    labels = torch.arange(3).repeat_interleave(4).repeat(6, 1)
+    grades = torch.stack([torch.randperm(5, generator=generator)[:3] for _ in range(6)])  # 3 of grades 0-4
+    values = episode_ordinal_metrics(logits, labels, grades)
+    for i in range(6):
+        true, predicted = grades[i][labels[i]].numpy(), grades[i][logits[i].argmax(-1)].numpy()
+        # On the whole scale: sklearn would weigh by rank among the grades present (0, 2, 4 as 0, 1, 2).
+        expected = cohen_kappa_score(true, predicted, labels=list(range(5)), weights="quadratic")
+        assert values["quadratic_kappa"][i].item() == pytest.approx(expected, abs=1e-5)
+        assert values["grade_mae"][i].item() == pytest.approx(mean_absolute_error(true, predicted))

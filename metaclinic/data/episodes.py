@@ -91,7 +91,15 @@ class EpisodeDataset(Dataset):
             classes=torch.from_numpy(classes).long(),
             positive_class=torch.tensor(positive_class),
             domain=torch.tensor(domain),
+            grades=self._grades(classes),
         )
+
+    def _grades(self, classes: np.ndarray) -> torch.Tensor | None:
+        """The grade of each class when all are grades of one scale (one domain, every class graded)."""
+        infos = [self.pool.classes[c] for c in classes]
+        if any(info.grade is None for info in infos) or len({info.domain for info in infos}) != 1:
+            return None
+        return torch.tensor([info.grade for info in infos])
 
     def _positive_class(self, classes: np.ndarray) -> int:
         """A binary episode's positive class: the one whose :attr:`ClassInfo.target` sorts last (``"1"`` of a

@@ -2,8 +2,10 @@
 pair is one class.
 
 Reads the official ``.npz`` files (``train_images``, ``train_labels``, ``val_*``, ``test_*``). Labels may be
-``(N,)`` or ``(N, 1)``; multi-label files (ChestMNIST, ``(N, 14)``) contribute, for each finding, the images
-that have exactly that one finding, and the number of images left out is logged, never dropped silently.
+``(N,)`` or ``(N, 1)``; multi-label files (ChestMNIST, ``(N, 14)`` of 0/1) contribute, as classes, for each
+finding the images that have exactly that one finding (the number of images left out is logged, never
+dropped silently), or, as findings (:func:`load_finding_pool`), two classes per finding: every image with
+the finding and every image without it.
 
 Yang et al., "MedMNIST v2 - A large-scale lightweight benchmark for 2D and 3D biomedical image
 classification", Scientific Data 10, 41 (2023). Licence CC BY 4.0. The larger MedMNIST+ images are the
@@ -18,6 +20,7 @@ import os
 import shutil
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +45,7 @@ class MedMNISTInfo:
     md5: str
     labels: tuple[str, ...]
     multi_label: bool = False
+    ordinal: bool = False  # labels are grades of one scale (INFO's task "ordinal-regression")
 
 
 MEDMNIST_2D: dict[str, MedMNISTInfo] = {
@@ -100,7 +104,9 @@ MEDMNIST_2D: dict[str, MedMNISTInfo] = {
         ("choroidal neovascularization", "diabetic macular edema", "drusen", "normal"),
     ),
     "pneumoniamnist": MedMNISTInfo(1, "28209eda62fecd6e6a2d98b1501bb15f", ("normal", "pneumonia")),
-    "retinamnist": MedMNISTInfo(3, "bd4c0672f1bba3e3a89f0e4e876791e4", ("0", "1", "2", "3", "4")),
+    "retinamnist": MedMNISTInfo(
+        3, "bd4c0672f1bba3e3a89f0e4e876791e4", ("0", "1", "2", "3", "4"), ordinal=True
+    ),
     "breastmnist": MedMNISTInfo(1, "750601b1f35ba3300ea97c75c52ff8f6", ("malignant", "normal, benign")),
     "bloodmnist": MedMNISTInfo(
         3,
@@ -303,11 +309,30 @@ def _single_labels(labels: np.ndarray, info: MedMNISTInfo, path: Path, key: str)
     return labels.astype(np.int64)
 
 
-def load_pool(
-    path: Path, name: str, labels: list[int], image_splits: list[str], channels: int, size: int = 28
-) -> ClassPool:
-    """Reads the images of the given labels from the given official splits of one dataset file."""
-    info = dataset_info(name)
+def finding_labels(labels: np.ndarray, info: MedMNISTInfo, path: Path, key: str) -> np.ndarray:
+    """A multi-label file's ``(N, findings)`` 0/1 labels, checked: 1 where the image has the finding."""
+    if labels.ndim != 2 or labels.shape[1] != len(info.labels):
+        raise DataError(f"{path}: {key} should be (N, {len(info.labels)}) of 0/1, got {labels.shape}")
+    bad = np.argwhere((labels != 0) & (labels != 1))
+    if bad.size:
+        row, finding = (int(i) for i in bad[0])
+        value = labels[row, finding].item()
+        raise DataError(
+            f"{path}: {key} holds {value!r} at image {row}, finding {finding}; expected 0 (absent) or 1 "
+            "(present)"
+        )
+    return labels.astype(np.uint8)
+
+
+def _read_splits(
+    path: Path,
+    image_splits: list[str],
+    channels: int,
+    size: int,
+    read_labels: Callable[[np.ndarray, str], np.ndarray],
+) -> tuple[torch.Tensor, np.ndarray]:
+    """The images ``(N, C, H, W)`` of the given official splits of one file, and their labels as
+    ``read_labels(labels, key)`` returns them, concatenated in split order."""
     unknown = [s for s in image_splits if s not in IMAGE_SPLITS]
     if unknown:
         raise DataError(f"unknown image split(s) {unknown}; expected a subset of {list(IMAGE_SPLITS)}")
@@ -318,7 +343,7 @@ def load_pool(
             for key in (f"{split}_images", f"{split}_labels"):
                 if key not in archive.files:
                     raise DataError(f"{path}: key {key!r} is missing; the file has {archive.files}")
-            targets.append(_single_labels(archive[f"{split}_labels"], info, path, f"{split}_labels"))
+            targets.append(read_labels(archive[f"{split}_labels"], f"{split}_labels"))
             images.append(_to_nchw(archive[f"{split}_images"], channels, path, f"{split}_images"))
             if tuple(images[-1].shape[-2:]) != (size, size):
                 raise DataError(
@@ -334,12 +359,76 @@ def load_pool(
         raise DataError(
             f"{path} is not a readable .npz file ({error}); delete it and download it again"
         ) from error
-    label_of = np.concatenate(targets)
+    return torch.cat(images), np.concatenate(targets)
+
+
+def load_pool(
+    path: Path,
+    name: str,
+    labels: list[int],
+    image_splits: list[str],
+    channels: int,
+    size: int = 28,
+    graded: bool = False,
+) -> ClassPool:
+    """Reads the images of the given labels from the given official splits of one dataset file.
+
+    ``graded``: every class carries its label as its grade (:attr:`ClassInfo.grade`), for a dataset whose
+    labels are grades of one scale (RetinaMNIST).
+    """
+    info = dataset_info(name)
+    images, label_of = _read_splits(
+        path, image_splits, channels, size, lambda raw, key: _single_labels(raw, info, path, key)
+    )
     if (excluded := int((label_of < 0).sum())) > 0:
         log.info("%s: %d images with no or several findings are not in any class", name, excluded)
     wanted = np.isin(label_of, labels)
-    examples = torch.cat(images)[torch.from_numpy(wanted)]
+    examples = images[torch.from_numpy(wanted)]
     kept = label_of[wanted]
     class_indices = [torch.from_numpy(np.flatnonzero(kept == label)) for label in labels]
-    classes = [ClassInfo(f"{name}:{label}", info.labels[label], name) for label in labels]
+    classes = [
+        ClassInfo(f"{name}:{label}", info.labels[label], name, grade=label if graded else None)
+        for label in labels
+    ]
     return ClassPool(examples, class_indices, classes)
+
+
+NEGATIVE, POSITIVE = "negative", "positive"
+
+
+def finding_domain(name: str, finding: int) -> str:
+    """The task family of one finding, as selectors name it: ``"chestmnist:finding=3"``."""
+    return f"{name}:finding={finding}"
+
+
+def load_finding_pool(
+    path: Path, name: str, findings: list[int], image_splits: list[str], channels: int, size: int = 28
+) -> ClassPool:
+    """Two classes per finding of a multi-label file, negative then positive, from the given official splits.
+
+    The positives of finding ``f`` are every image whose label ``f`` is 1, whatever its other findings; the
+    negatives every image whose label ``f`` is 0 (no finding at all, or only others). The two partition the
+    images, so an episode of one finding never holds an image twice; across findings they overlap (an image
+    with two findings is a positive of both), which is why the images are stored once and each finding is a
+    domain of its own (``"chestmnist:finding=3"``), never mixed with another in an episode.
+    """
+    info = dataset_info(name)
+    if not info.multi_label:
+        raise DataError(f"{name} has one label per image; findings are for multi-label datasets")
+    images, labels = _read_splits(
+        path, image_splits, channels, size, lambda raw, key: finding_labels(raw, info, path, key)
+    )
+    indices, classes = [], []
+    for finding in findings:
+        present = labels[:, finding] == 1
+        domain, what = finding_domain(name, finding), info.labels[finding]
+        indices += [torch.from_numpy(np.flatnonzero(~present)), torch.from_numpy(np.flatnonzero(present))]
+        classes += [
+            ClassInfo(f"{domain}:{NEGATIVE}", f"{what}: {NEGATIVE}", domain),
+            ClassInfo(f"{domain}:{POSITIVE}", f"{what}: {POSITIVE}", domain),
+        ]
+        log.info(
+            "%s finding %d (%s), %s images: %d positive, %d negative",
+            name, finding, what, "+".join(image_splits), int(present.sum()), int((~present).sum()),
+        )  # fmt: skip
+    return ClassPool(images, indices, classes)

@@ -18,12 +18,15 @@ class ClassInfo:
     ``key`` is how configs name it (``"bloodmnist:3"``, ``"cleveland/1"``), ``domain`` its source (a dataset,
     a hospital, a label column) and ``label`` the outcome it stands for across domains (``"1"`` for the
     diseased patients of every hospital), which supervised baselines pool over; by default the key.
+    ``grade``: the class's value on an ordinal scale (RetinaMNIST's grades 0-4), when its domain's classes
+    are grades of one scale; the report then scores episodes by grade too (kappa, grade error).
     """
 
     key: str
     name: str
     domain: str
     label: str = ""
+    grade: int | None = None
 
     @property
     def target(self) -> str:

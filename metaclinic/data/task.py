@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-EPISODE_FACTS = ("positive_class", "domain")  # what the data layer tells the report about each episode
+# What the data layer tells the report about each episode.
+EPISODE_FACTS = ("positive_class", "domain", "grades")
 
 
 @dataclass
@@ -23,7 +24,9 @@ class Task:
     What the report needs to know of the episode, set by the data layer (``None`` in episodes built by
     hand): ``positive_class``, the local id of a binary episode's positive class (-1 otherwise), and
     ``domain``, the position of the episode's domain (hospital, data set) among its split's domains (-1 when
-    its classes come from several); both scalars, ``(tasks,)`` in a :class:`TaskBatch`. ``episode_index``
+    its classes come from several); both scalars, ``(tasks,)`` in a :class:`TaskBatch`. ``grades (n_way,)``
+    (``(tasks, n_way)`` in a batch): the grade of each local class when the episode's classes are grades of
+    one ordinal scale, else ``None``; the report maps predictions to grades with it. ``episode_index``
     identifies the episode in its seeded stream (algorithms that draw random numbers per episode seed them
     with it, so a score does not depend on evaluation order).
     """
@@ -35,6 +38,7 @@ class Task:
     classes: Tensor
     positive_class: Tensor | None = field(default=None, kw_only=True)
     domain: Tensor | None = field(default=None, kw_only=True)
+    grades: Tensor | None = field(default=None, kw_only=True)
     episode_index: Tensor | None = field(default=None, kw_only=True)
 
     @property

@@ -14,10 +14,15 @@ ece                 expected calibration error: queries binned by top probabilit
                     [0, 1]), mean of |accuracy - mean top probability| per bin, weighted by bin size
 sensitivity         (binary episodes) recall of the positive class: positives predicted positive
 specificity         (binary episodes) recall of the negative class: negatives predicted negative
+quadratic_kappa     (graded episodes) Cohen's kappa of predicted against true grades, weighted by the
+                    squared grade difference: 1 perfect, 0 chance agreement, below 0 worse than chance
+grade_mae           (graded episodes) mean absolute difference of predicted and true grade, in grades
 ==================  ==============================================================================
 
 Which local class of a binary episode is positive is arbitrary to the episode sampler; the caller says it
-(``positive``, one local class per episode), by default local class 1, the episode's second class.
+(``positive``, one local class per episode), by default local class 1, the episode's second class. Graded
+episodes are those whose classes are grades of one ordinal scale (RetinaMNIST's 0-4); the caller gives each
+local class's grade, since an episode's classes are any of the scale's grades in any order.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import math
 
 import torch
 from torch import Tensor
+from torchmetrics.functional import cohen_kappa, mean_absolute_error
 from torchmetrics.functional.classification import (
     binary_auroc,
     binary_recall,
@@ -39,6 +45,7 @@ from torchmetrics.functional.classification import (
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece")
 BINARY_METRICS = ("sensitivity", "specificity")  # only for episodes of two classes
+ORDINAL_METRICS = ("quadratic_kappa", "grade_mae")  # only for episodes of grades; not fractions, not in %
 ECE_BINS = 10
 
 
@@ -125,6 +132,48 @@ def episode_sensitivity(logits: Tensor, labels: Tensor, positive: Tensor | None 
 def episode_specificity(logits: Tensor, labels: Tensor, positive: Tensor | None = None) -> Tensor:
     """Fraction of each binary episode's negative queries predicted negative (recall of the other class)."""
     return binary_specificity(*_positive_vs_negative(logits, labels, positive), multidim_average="samplewise")
+
+
+def episode_ordinal_metrics(logits: Tensor, labels: Tensor, grades: Tensor) -> dict[str, Tensor]:
+    """The metrics of :data:`ORDINAL_METRICS` for episodes whose classes are grades of one scale.
+
+    A query's predicted grade is the grade of its highest-scoring class, its true grade that of its label,
+    so both are on the scale, not in local ids: with classes of grades 1 and 3, predicting 3 for a 1 is an
+    error of two grades. The classes must be grades of a single scale (the kappa compares values across
+    episodes' classes); the data layer says so by giving grades only to such episodes.
+
+    Args:
+        logits: ``(tasks, queries, n_way)`` query scores.
+        labels: ``(tasks, queries)`` episode-local labels.
+        grades: ``(tasks, n_way)`` the grade (a non-negative integer) of each local class.
+    """
+    grades = grades.to(labels.device).long()
+    predicted, true = grades.gather(1, logits.argmax(-1)), grades.gather(1, labels)
+    return {
+        "quadratic_kappa": episode_quadratic_kappa(predicted, true),
+        "grade_mae": torch.stack(
+            [mean_absolute_error(p.float(), t.float()) for p, t in zip(predicted, true, strict=True)]
+        ),
+    }
+
+
+def episode_quadratic_kappa(predicted: Tensor, true: Tensor) -> Tensor:
+    """Quadratic-weighted Cohen's kappa of each episode's predicted against true grades ``(tasks, queries)``.
+
+    ``1 - sum_ij w_ij O_ij / sum_ij w_ij E_ij`` with ``w_ij = (i - j)^2``, ``O`` the counts of (true grade,
+    predicted grade) pairs and ``E`` those expected from their marginals alone; an error of two grades
+    weighs four times one of one grade. Weights are grade differences on the scale, also when the episode
+    has only some of its grades (scikit-learn's ``cohen_kappa_score`` weighs by rank among the grades
+    present unless given the whole scale as ``labels``). An episode has at least two true grades, so ``E``
+    puts weight off the diagonal and the value is defined. Cohen, "Weighted kappa: Nominal scale agreement
+    provision for scaled disagreement or partial credit", Psychological Bulletin 70(4), 1968.
+    """
+    num_classes = int(max(predicted.max(), true.max())) + 1  # unused grades add empty rows: no change
+    values = [
+        cohen_kappa(p, t, task="multiclass", num_classes=num_classes, weights="quadratic")
+        for p, t in zip(predicted, true, strict=True)
+    ]
+    return torch.stack(values)
 
 
 def _probabilities(logits: Tensor) -> Tensor:

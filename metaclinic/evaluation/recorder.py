@@ -19,8 +19,10 @@ from metaclinic.data.task import TaskBatch
 from metaclinic.evaluation.metrics import (
     BINARY_METRICS,
     METRICS,
+    ORDINAL_METRICS,
     episode_calibration_error,
     episode_metrics,
+    episode_ordinal_metrics,
     reliability_bins,
 )
 from metaclinic.evaluation.report import MIXED_DOMAIN, MetaTestReport
@@ -31,13 +33,10 @@ class MetaTestRecorder(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        # NaN is kept so the values stay aligned: it marks the binary metrics of non-binary episodes.
-        self.values = nn.ModuleDict(
-            {
-                name: CatMetric(nan_strategy="disable")
-                for name in (*METRICS, "ece_uncalibrated", *BINARY_METRICS, "episode_index", "domain")
-            }
-        )
+        # NaN is kept so the values stay aligned: it marks the binary metrics of non-binary episodes, and the
+        # ordinal ones of episodes without grades.
+        names = (*METRICS, "ece_uncalibrated", *BINARY_METRICS, *ORDINAL_METRICS, "episode_index", "domain")
+        self.values = nn.ModuleDict({name: CatMetric(nan_strategy="disable") for name in names})
         # Every query's top-class probability and correctness, pooled for the reliability diagram.
         self.confidence, self.correct, self.uncalibrated_confidence = CatMetric(), CatMetric(), CatMetric()
         self.shape: tuple[int, int, int] | None = None  # (n_way, n_shot, n_query) of the episodes seen
@@ -46,14 +45,18 @@ class MetaTestRecorder(nn.Module):
         """Keeps the metrics of ``batch``'s episodes scored with ``logits`` ``(tasks, queries, n_way)``.
 
         Metrics are those of the calibrated probabilities (``logits / temperature``); ``ece_uncalibrated``
-        and the uncalibrated confidences keep what temperature scaling changed.
+        and the uncalibrated confidences keep what temperature scaling changed. Episodes whose classes are
+        grades (``batch.grades``, set by the data layer) are also scored by grade (:data:`ORDINAL_METRICS`).
         """
         uncalibrated = logits.detach().float()
         logits = uncalibrated / temperature
         values = episode_metrics(logits, batch.query_y, positive_classes(batch))
         values["ece_uncalibrated"] = episode_calibration_error(uncalibrated, batch.query_y)
-        not_binary = torch.full((len(batch),), math.nan, device=logits.device)
-        values.update({name: values.get(name, not_binary) for name in BINARY_METRICS})
+        not_scored = torch.full((len(batch),), math.nan, device=logits.device)
+        values.update({name: values.get(name, not_scored) for name in BINARY_METRICS})
+        if batch.grades is not None:
+            values.update(episode_ordinal_metrics(logits, batch.query_y, batch.grades))
+        values.update({name: values.get(name, not_scored) for name in ORDINAL_METRICS})
         domain = batch.domain if batch.domain is not None else torch.full((len(batch),), -1)
         values.update(episode_index=batch.episode_index, domain=domain.to(logits.device))
         for name, metric in self.values.items():
@@ -78,7 +81,7 @@ class MetaTestRecorder(nn.Module):
         for metric in [*self.values.values(), self.confidence, self.correct, self.uncalibrated_confidence]:
             metric.reset()
         episode_index, codes = values.pop("episode_index").long(), values.pop("domain").long()
-        # Sensitivity and specificity only when every episode is binary.
+        # Sensitivity and specificity only when every episode is binary, kappa and grade error when graded.
         values = {name: v for name, v in values.items() if name in METRICS or not v.isnan().any()}
         domains = None
         if domain_names is not None and len(domain_names) > 1:

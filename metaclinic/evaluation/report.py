@@ -13,10 +13,22 @@ from typing import Any
 import torch
 from scipy import stats
 
+from metaclinic.evaluation.metrics import ORDINAL_METRICS
 from metaclinic.experiment.storage import write_atomically
 
 MIXED_DOMAIN = "mixed"  # the breakdown's name for episodes whose classes come from several domains
 REPORT_FILE = "meta_test_report.json"  # in every run directory, and in its evaluation/
+
+
+def in_percent(metric: str) -> bool:
+    """Whether tables show ``metric`` in %: every fraction does; kappa (-1..1) and grade errors do not."""
+    return metric not in ORDINAL_METRICS
+
+
+def shown(metric: str, value: float) -> str:
+    """``value`` of ``metric`` as tables show it: a fraction in % (2 decimals), kappa and grade errors as
+    they are (3 decimals)."""
+    return f"{100 * value:.2f}" if in_percent(metric) else f"{value:.3f}"
 
 
 @dataclass(frozen=True)
@@ -124,7 +136,7 @@ class MetaTestReport:
 
         def rows(metrics: dict[str, Estimate], indent: str = "") -> list[str]:
             return [
-                f"{indent + name:<{width}} {100 * e.mean:>10.2f} {100 * e.ci95:>11.2f}"
+                f"{indent + name:<{width}} {shown(name, e.mean):>10} {shown(name, e.ci95):>11}"
                 for name, e in metrics.items()
             ]
 
@@ -138,6 +150,11 @@ class MetaTestReport:
     def evaluation_note(self) -> list[str]:
         """Whether a query's prediction depended on the other queries (``extra["transductive"]``)."""
         notes = []
+        if any(not in_percent(name) for name in self.metrics):
+            notes.append(
+                "quadratic_kappa and grade_mae are not in %: kappa runs from -1 to 1 (1: perfect agreement, "
+                "0: chance), grade_mae is in grades."
+            )
         if "transductive" in self.extra:
             notes.append(
                 "TRANSDUCTIVE evaluation: batch norm normalised each episode's queries together, so a case's "
