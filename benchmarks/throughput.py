@@ -12,6 +12,9 @@ steps and step size, meta-batch size and Adam. learn2learn's modules (``Lightnin
 ``accumulate_grad_batches``; their tasks come from ``TaskDataset`` through ``EpisodicBatcher``, on inputs
 already converted to float (which spares them the conversion metaclinic does per meta-batch). learn2learn's
 Lightning MAML is always second order; its FOMAML here sets ``first_order`` on its MAML wrapper.
+learn2learn has none of LEO, MetaGAN, MANN, the LSTM meta-learner and Meta Networks: those are built from
+their ``configs/<name>_medmnist.yaml`` (the config's settings, e.g. its inner-loop steps, on the benchmark's
+Conv-4 and data) and measured alone.
 
 Every measurement runs in a fresh process (``--child``), so peak memory (resident set on CPU, allocated
 on GPU) is its own; a repeat measures learn2learn then metaclinic, so machine drift affects both alike.
@@ -38,7 +41,11 @@ import torch
 
 from benchmarks.common import REPO, data_arguments, hardware, medmnist, meta_train_tensors, spread
 
-ALGORITHMS = ["maml", "fomaml", "anil", "protonet"]
+# learn2learn has Lightning modules of these; the rest are built from their configs and measured alone.
+COMPARED = ["maml", "fomaml", "anil", "protonet"]
+# Built from configs/<name>_medmnist.yaml (their own settings, the benchmark's backbone width and data).
+FROM_CONFIG = ["lstm_meta_learner", "metanet", "leo", "metagan", "mann"]
+ALGORITHMS = COMPARED + FROM_CONFIG
 
 
 def timer_callback(base: type) -> Any:
@@ -97,13 +104,24 @@ def run_metaclinic(args: argparse.Namespace, data) -> Built:
         "fomaml": lambda: MAML(backbone, first_order=True, **inner),
         "anil": lambda: ANIL(backbone, **inner),
         "protonet": lambda: ProtoNet(backbone),
-    }[args.algorithm]()
+    }.get(args.algorithm, lambda: from_config(args.algorithm, backbone, data))()
     timer = timer_callback(Callback)
     trainer = Trainer(
         **trainer_settings(args, args.warmup + args.meta_batches), callbacks=[timer],
         inference_mode=False, use_distributed_sampler=False,
     )  # fmt: skip
     return Built(model, trainer, data, timer)
+
+
+def from_config(name: str, backbone: Any, data: Any) -> Any:
+    """``configs/<name>_medmnist.yaml``'s model, with the benchmark's backbone in place of the config's."""
+    from metaclinic.cli import build_model_and_data
+
+    config = REPO / "configs" / f"{name}_medmnist.yaml"
+    configured, _ = build_model_and_data(config, lambda _: data.example_shape)
+    init_args = {k: v for k, v in configured.hparams.items() if k not in ("init_from", "n_way")}
+    settings = {"n_way": data.n_way} if "n_way" in configured.hparams else {}
+    return type(configured)(backbone, optimizer=configured.optimizer_factory, **init_args, **settings)
 
 
 def run_learn2learn(args: argparse.Namespace, data) -> Built:
@@ -291,21 +309,25 @@ def main() -> None:
         rates: dict[str, list[float]] = {"learn2learn": [], "metaclinic": [], "ratio": []}
         flops = 0.0
         memory: dict[str, list[float]] = {"learn2learn": [], "metaclinic": []}
+        implementations = ("learn2learn", "metaclinic") if algorithm in COMPARED else ("metaclinic",)
         for _ in range(args.repeats):
-            for implementation in ("learn2learn", "metaclinic"):
+            for implementation in implementations:
                 result = measure(args, algorithm, implementation)
                 rates[implementation].append(result["tasks_per_second"])
                 memory[implementation].append(result["peak_memory_growth_mb"])
                 flops = result.get("flops_per_task", flops)
-            rates["ratio"].append(rates["metaclinic"][-1] / rates["learn2learn"][-1])
-        peaks = f"{max(memory['learn2learn']):.0f} / {max(memory['metaclinic']):.0f}"
+            if algorithm in COMPARED:
+                rates["ratio"].append(rates["metaclinic"][-1] / rates["learn2learn"][-1])
+        theirs = f"{max(memory['learn2learn']):.0f}" if memory["learn2learn"] else "—"
+        peaks = f"{theirs} / {max(memory['metaclinic']):.0f}"
         achieved = flops * statistics.median(rates["metaclinic"]) / 1e9
         if args.peak_tflops:
             achieved_text = f"{achieved:.1f} ({achieved / (10 * args.peak_tflops):.2f}% of peak)"
         else:
             achieved_text = f"{achieved:.1f}"
-        print(f"| {algorithm} | {spread(rates['learn2learn'])} | {spread(rates['metaclinic'])} | "
-              f"{spread(rates['ratio'])}x | {peaks} | {flops / 1e9:.2f} | {achieved_text} |",
+        l2l_rate, ratio = (spread(rates[k]) if rates[k] else "— (none)" for k in ("learn2learn", "ratio"))
+        print(f"| {algorithm} | {l2l_rate} | {spread(rates['metaclinic'])} | "
+              f"{ratio}{'x' if rates['ratio'] else ''} | {peaks} | {flops / 1e9:.2f} | {achieved_text} |",
               flush=True)  # fmt: skip
 
 

@@ -8,6 +8,7 @@ them is missing, and every test parametrised over :data:`METHODS` then covers it
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +55,7 @@ class Method:
     def build(self, backbone: nn.Module, n_way: int = 5, **overrides: Any) -> EpisodicModule:
         """The method on ``backbone`` with its test settings (``overrides`` win)."""
         settings = {**self.settings, **overrides}
-        if issubclass(self.model, algorithms.InnerLoopModule):
+        if "n_way" in inspect.signature(self.model).parameters:  # a head of fixed width, or MetaGAN's
             settings.setdefault("n_way", n_way)
         return self.model(backbone, **settings)
 

@@ -55,6 +55,7 @@ def meta_trained(model: MetaNetwork) -> MetaNetwork:
 
 
 def adapted(model: MetaNetwork, task: Task) -> nn.Module:
+    """``model`` adapted to ``task``: the backbone with the fast weights as its head."""
     model.eval()
     with torch.no_grad():
         return model.adapt(task)
@@ -67,12 +68,12 @@ def test_the_memory_holds_one_slot_per_support_example_made_by_m_from_its_own_ta
     task.support_x = task.support_x.double()
     memory = adapted(model, task)
     n_support = len(task.support_y)
-    assert memory.hidden_memory.shape == (n_support, 8, 16)
-    assert memory.output_memory.shape == (n_support, 5, 8)
-    assert memory.support_keys.shape == (n_support, 4)
+    assert memory.head.hidden_memory.shape == (n_support, 8, 16)
+    assert memory.head.output_memory.shape == (n_support, 5, 8)
+    assert memory.head.support_keys.shape == (n_support, 4)
     hidden, output = model.hidden_layer.slow, model.output_layer.slow
     for x, y, hidden_slot, output_slot in zip(
-        task.support_x, task.support_y, memory.hidden_memory, memory.output_memory, strict=True
+        task.support_x, task.support_y, memory.head.hidden_memory, memory.head.output_memory, strict=True
     ):  # the paper's W*_i = m(Z, grad_W loss_task(b(W, x_i), y_i)), one example at a time
         loss = F.cross_entropy(output(F.relu(hidden(x[None]))), y[None])
         hidden_gradient, output_gradient = torch.autograd.grad(loss, (hidden.weight, output.weight))
@@ -83,7 +84,7 @@ def test_the_memory_holds_one_slot_per_support_example_made_by_m_from_its_own_ta
     representation_loss = model.representation_loss(model.key_layer.slow(task.support_x), task.support_y)
     (key_gradient,) = torch.autograd.grad(representation_loss, model.key_layer.slow.weight)
     with torch.no_grad():
-        torch.testing.assert_close(memory.key_weight, model.task_weights(key_gradient))
+        torch.testing.assert_close(memory.head.key_weight, model.task_weights(key_gradient))
 
 
 def test_a_slot_changes_only_with_its_own_example():
@@ -94,7 +95,7 @@ def test_a_slot_changes_only_with_its_own_example():
     task.support_y = task.support_y.clone()
     task.support_y[3] = (task.support_y[3] + 1) % 5  # one example relabelled
     after = adapted(model, task)
-    changed = (after.output_memory - before.output_memory).flatten(1).abs().amax(1) > 0
+    changed = (after.head.output_memory - before.head.output_memory).flatten(1).abs().amax(1) > 0
     assert changed.tolist() == [i == 3 for i in range(len(task.support_y))]
 
 
@@ -109,7 +110,7 @@ def test_a_query_identical_to_a_support_example_attends_mostly_to_its_slot(backb
     memory = adapted(model, task)
     with torch.no_grad():
         _, embeddings = embed_jointly(memory.backbone, memory.support_x[None], task.support_x[None])
-        attention = memory.attention(embeddings[0])  # (queries = the support examples, slots)
+        attention = memory.head.attention(embeddings[0])  # (queries = the support examples, slots)
     assert torch.equal(attention.argmax(1), torch.arange(len(task.support_y)))
     assert attention.diagonal().min() > 0.5, attention.diagonal()
 
@@ -121,8 +122,8 @@ def test_zero_fast_weights_give_the_slow_networks_prediction_exactly():
     memory = adapted(model, task)
     with torch.no_grad():
         with_fast = memory(task.query_x)
-        memory.hidden_memory.zero_()
-        memory.output_memory.zero_()
+        memory.head.hidden_memory.zero_()
+        memory.head.output_memory.zero_()
         _, embeddings = embed_jointly(model.backbone, task.support_x[None], task.query_x[None])
         slow = model.output_layer.slow(F.relu(model.hidden_layer.slow(embeddings[0])))
         assert torch.equal(memory(task.query_x), slow)
@@ -134,7 +135,8 @@ def test_a_new_model_is_its_slow_network():
     model = MetaNetwork(MLP((16,), hidden=16), n_way=5, hidden=8)
     task = first_task(gaussian_tasks(0, tasks=1))
     memory = adapted(model, task)
-    assert not memory.hidden_memory.any() and not memory.output_memory.any() and not memory.key_weight.any()
+    head = memory.head
+    assert not head.hidden_memory.any() and not head.output_memory.any() and not head.key_weight.any()
 
 
 def accuracy(model: MetaNetwork, batch: TaskBatch) -> float:

@@ -16,6 +16,7 @@ from torchmetrics import CatMetric, MeanMetric
 from metaclinic.algorithms.adapted import SupportSetClassifier
 from metaclinic.algorithms.initialisation import load_backbone
 from metaclinic.data.task import Task, TaskBatch
+from metaclinic.errors import DataError
 from metaclinic.evaluation.metrics import episode_accuracy
 from metaclinic.evaluation.recorder import MetaTestRecorder
 from metaclinic.evaluation.report import MetaTestReport
@@ -53,6 +54,7 @@ class EpisodicModule(LightningModule):
     """
 
     backward_per_task = False  # True where every task builds its own graph: see training_loss
+    fixed_ways = False  # True where the model has an output of width self.n_way (check_episode checks it)
     meta_trained = True  # False for baselines that have nothing to meta-train (fit goes straight to test)
     is_baseline = False  # True for the reference methods that reports show beside every meta-learner
     # Methods scored on the same meta-test episodes in the same run (the no-learning baselines), set by the
@@ -144,7 +146,22 @@ class EpisodicModule(LightningModule):
         return uses_batch_statistics(self)
 
     def check_episode(self, batch: TaskBatch) -> None:
-        """Raises if the algorithm cannot handle these episodes (e.g. a fixed head of another width)."""
+        """Raises if the algorithm cannot handle these episodes: by default, with ``fixed_ways``, episodes of
+        another width than the model's ``n_way`` outputs."""
+        if self.fixed_ways and batch.n_way != self.n_way:
+            raise DataError(
+                f"{type(self).__name__} was built with a {self.n_way}-way head but the episodes are "
+                f"{batch.n_way}-way; set model.init_args.n_way to data.init_args.n_way"
+            )
+
+    def require_autograd(self) -> None:
+        """Raises where an algorithm that differentiates in evaluation (an inner loop, gradients as inputs)
+        runs under the Trainer's default inference mode, in which no gradient can be taken."""
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError(
+                f"{type(self).__name__} needs autograd during evaluation, but the Trainer runs evaluation in "
+                "inference mode. Create it with Trainer(inference_mode=False)."
+            )
 
     # -- the shared meta-batch step --------------------------------------------------------------------------
     def checked_scores(self, batch: TaskBatch) -> Tensor:
@@ -152,9 +169,20 @@ class EpisodicModule(LightningModule):
         self.check_episode(batch)
         return self.score_tasks(batch)
 
+    def training_scores(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """A training meta-batch's scores and the weighted terms the meta-loss adds to the query loss, by name
+        (none by default; LEO's penalties, MetaGAN's adversarial game). Logged as ``train/<name>``."""
+        return self.checked_scores(batch), {}
+
     def _step(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
-        """Returns the mean query loss and the accuracy of every episode."""
-        return self.query_metrics(self.checked_scores(batch), batch)
+        """The meta-loss of ``batch`` (its query loss and extra terms) and the accuracy of every episode."""
+        scores, extra_terms = self.training_scores(batch)
+        loss, accuracy = self.query_metrics(scores, batch)
+        if not extra_terms:
+            return loss, accuracy
+        if attached_trainer(self) is not None:  # logged in fit; silent when called by hand
+            self.log_dict({f"train/{k}": v.detach() for k, v in extra_terms.items()}, batch_size=len(batch))
+        return loss + sum(extra_terms.values()), accuracy
 
     def query_metrics(self, scores: Tensor, batch: TaskBatch) -> tuple[Tensor, Tensor]:
         """The query loss and every episode's accuracy, from the scores of ``score_tasks``."""

@@ -24,8 +24,6 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from metaclinic.algorithms.base import EpisodicModule, full_precision
-from metaclinic.data.task import TaskBatch
-from metaclinic.errors import DataError
 
 
 class InnerLoopModule(EpisodicModule):
@@ -51,6 +49,7 @@ class InnerLoopModule(EpisodicModule):
 
     # Each task's inner loop builds a graph of its own: differentiated task by task (see training_loss).
     backward_per_task = True
+    fixed_ways = True
 
     def __init__(
         self,
@@ -68,13 +67,6 @@ class InnerLoopModule(EpisodicModule):
         self.n_way, self.inner_lr, self.first_order = n_way, inner_lr, first_order
         self.train_steps, self.eval_steps = train_steps, eval_steps
         self.eval_inner_lr = inner_lr if eval_inner_lr is None else eval_inner_lr
-
-    def check_episode(self, batch: TaskBatch) -> None:
-        if batch.n_way != self.n_way:
-            raise DataError(
-                f"{type(self).__name__} was built with a {self.n_way}-way head but the episodes are "
-                f"{batch.n_way}-way; set model.init_args.n_way to data.init_args.n_way"
-            )
 
     def inner_step(self, learner: nn.Module, loss: Tensor, step: int, first_order: bool) -> None:
         """One inner-loop step of ``learner`` on its support loss; ``step`` counts from 0.
@@ -98,11 +90,7 @@ class InnerLoopModule(EpisodicModule):
         every step (MAML++ scores the query set there), outside the full-precision region, so a query
         forward it runs stays under autocast as the final one does.
         """
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError(
-                f"{type(self).__name__} needs autograd during evaluation for its inner loop, but the Trainer "
-                "runs evaluation in inference mode. Create it with Trainer(inference_mode=False)."
-            )
+        self.require_autograd()
         training = self.training
         steps = self.train_steps if training else self.eval_steps
         first_order = self.first_order if training else True

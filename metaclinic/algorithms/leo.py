@@ -34,7 +34,6 @@ from metaclinic.algorithms.adapted import AdaptedHead
 from metaclinic.algorithms.base import EpisodicModule, full_precision
 from metaclinic.algorithms.pooling import class_means
 from metaclinic.data.task import Task, TaskBatch
-from metaclinic.experiment.lightning_internals import attached_trainer
 
 
 class LatentPenalties(NamedTuple):
@@ -172,10 +171,7 @@ class LEO(EpisodicModule):
         Second order in training; in evaluation first order, with gradients on only for the inner loop and
         the result detached. Runs without autocast, in the precision of the parameters (as ``inner_loop.py``).
         """
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError(
-                "LEO needs autograd for its inner loop: create the Trainer with inference_mode=False"
-            )
+        self.require_autograd()
         keep_graph = self.training and torch.is_grad_enabled()
         with full_precision(support.device):
             support = support.to(self.decoder.weight.dtype)
@@ -211,13 +207,9 @@ class LEO(EpisodicModule):
         )
         return {name: self.penalty_weights[name] * value for name, value in terms.items()}
 
-    def training_loss(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
-        """The query loss plus the penalties, the whole meta-batch in one inner loop (batched over tasks)."""
+    def training_scores(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """The query logits and the penalties, the whole meta-batch in one inner loop (batched over tasks)."""
         self.check_episode(batch)
         support, query = self.embed_episodes(self.backbone, batch)
         weights, latent = self.class_weights(support, batch.support_y, batch.n_way)
-        loss, accuracy = self.query_metrics(query @ weights.transpose(1, 2), batch)
-        penalties = self.penalties(latent)
-        if attached_trainer(self) is not None:  # logged in fit; silent when called by hand
-            self.log_dict({f"train/{k}": v.detach() for k, v in penalties.items()}, batch_size=len(batch))
-        return loss + sum(penalties.values()), accuracy
+        return query @ weights.transpose(1, 2), self.penalties(latent)

@@ -125,10 +125,7 @@ class LSTMMetaLearner(InnerLoopModule):
         The graph back to ``c_0`` and the gates is kept only in training with gradients on; the support
         passes run on detached weights (gradients and losses are the LSTM's constant inputs).
         """
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError(
-                "LSTMMetaLearner needs autograd for its inner loop: Trainer(inference_mode=False)"
-            )
+        self.require_autograd()
         keep_graph = self.training and torch.is_grad_enabled()
         names = [name for name, _ in self.network.named_parameters()]
         meta = list(self.network.parameters())

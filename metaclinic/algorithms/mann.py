@@ -31,10 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metaclinic.algorithms.adapted import AdaptedHead
 from metaclinic.algorithms.base import EpisodicModule
 from metaclinic.data.task import Task, TaskBatch
-from metaclinic.errors import DataError
-from metaclinic.models.normalization import embed_jointly
 
 
 class MemoryState(NamedTuple):
@@ -111,24 +110,20 @@ def query_steps(controller: MemoryController, query: Tensor, state: MemoryState,
     return logits.view(tasks, queries, -1)
 
 
-class AdaptedMANN(nn.Module):
-    """The controller's state after a support set; ``forward`` scores each input as one more step from it."""
+class MemoryReadout(nn.Module):
+    """The controller's state after a support set, from embeddings ``(q, d)`` to logits: each input is one
+    more step from it (the head of the adapted model, :class:`AdaptedHead`)."""
 
-    def __init__(
-        self, backbone: nn.Module, controller: MemoryController, support_x: Tensor, state: MemoryState,
-        last_label: Tensor,
-    ) -> None:  # fmt: skip
+    def __init__(self, controller: MemoryController, state: MemoryState, last_label: Tensor) -> None:
         super().__init__()
-        self.backbone, self.controller = backbone, controller
-        self.register_buffer("support_x", support_x)  # the moments of support-set normalisation
+        self.controller = controller
         self.register_buffer("last_label", last_label)  # (1, n_way): every query's label input
         for name, tensor in state._asdict().items():
             self.register_buffer(name, tensor)  # (1, ...)
 
-    def forward(self, x: Tensor) -> Tensor:
-        _, query = embed_jointly(self.backbone, self.support_x.unsqueeze(0), x.unsqueeze(0))
+    def forward(self, embeddings: Tensor) -> Tensor:
         state = MemoryState(*(getattr(self, name) for name in MemoryState._fields))
-        return query_steps(self.controller, query, state, self.last_label)[0]
+        return query_steps(self.controller, embeddings.unsqueeze(0), state, self.last_label)[0]
 
 
 class MANN(EpisodicModule):
@@ -149,6 +144,8 @@ class MANN(EpisodicModule):
         **kwargs: ``optimizer``, ``scheduler`` and ``init_from``.
     """
 
+    fixed_ways = True
+
     def __init__(
         self, backbone: nn.Module, n_way: int = 5, controller_size: int = 200, memory_slots: int = 128,
         memory_size: int = 40, usage_decay: float = 0.95, key_strength: float = 4.0,
@@ -158,13 +155,6 @@ class MANN(EpisodicModule):
         self.backbone, self.n_way, self.support_loss_weight = backbone, n_way, support_loss_weight
         sizes = (controller_size, memory_slots, memory_size)
         self.controller = MemoryController(backbone.out_features, n_way, *sizes, usage_decay, key_strength)
-
-    def check_episode(self, batch: TaskBatch) -> None:
-        if batch.n_way != self.n_way:
-            raise DataError(
-                f"MANN was built with a {self.n_way}-way head but the episodes are {batch.n_way}-way; "
-                "set model.init_args.n_way to data.init_args.n_way"
-            )
 
     def read_support(
         self, support: Tensor, support_y: Tensor, episode_index: Tensor
@@ -189,7 +179,7 @@ class MANN(EpisodicModule):
         batch = TaskBatch.of(task)
         support, _ = self.embed_episodes(self.backbone, batch)
         state, last_label, _ = self.read_support(support, batch.support_y, batch.episode_index)
-        return AdaptedMANN(self.backbone, self.controller, task.support_x, state, last_label)
+        return AdaptedHead(self.backbone, MemoryReadout(self.controller, state, last_label), task.support_x)
 
     def score_tasks(self, batch: TaskBatch) -> Tensor:
         support, query = self.embed_episodes(self.backbone, batch)

@@ -129,9 +129,9 @@ class MetaGAN(EpisodicModule):
         shape, size = backbone.input_shape, backbone.out_features
         self.generator = TaskGenerator(shape, size, noise_size, generator_hidden)
 
-    def check_episode(self, batch: TaskBatch) -> None:
-        if self.base == "maml":
-            InnerLoopModule.check_episode(self, batch)
+    @property
+    def fixed_ways(self) -> bool:
+        return self.base == "maml"  # an N+1-way head; ProtoNet takes any ways
 
     def adapted_head(self, task: Task) -> AdaptedHead:
         """MAML: the backbone and N+1-way head after the inner loop on ``task``'s support set."""
@@ -193,17 +193,15 @@ class MetaGAN(EpisodicModule):
         """As the base algorithm: task by task for MAML, and for ProtoNet if episodes are embedded alone."""
         return self.base == "maml" or normalises_per_episode(self.backbone)
 
-    def _step(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
-        """The meta-loss of ``batch`` (the base class's ``training_loss`` differentiates it) and its accuracy:
-        the supervised query loss plus ``adversarial_weight`` times the real-vs-fake game."""
+    def training_scores(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """The scores and ``adversarial_weight`` times the real-vs-fake game, added to the supervised loss."""
         self.check_episode(batch)
         discriminator = self.discriminator(batch)
         support, features, scores = discriminator(batch.query_x)
-        loss, accuracy = self.query_metrics(scores, batch)
-        if self.adversarial_weight:
-            adversarial = self.adversarial_loss(batch, discriminator, support, features, scores)
-            loss = loss + self.adversarial_weight * adversarial
-        return loss, accuracy
+        if not self.adversarial_weight:
+            return scores, {}
+        adversarial = self.adversarial_loss(batch, discriminator, support, features, scores)
+        return scores, {"adversarial": self.adversarial_weight * adversarial}
 
     def adversarial_loss(
         self,

@@ -26,11 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metaclinic.algorithms.adapted import AdaptedHead
 from metaclinic.algorithms.base import EpisodicModule, full_precision
 from metaclinic.algorithms.pooling import cosine_logits
 from metaclinic.data.task import Task, TaskBatch
-from metaclinic.errors import DataError
-from metaclinic.models.normalization import embed_jointly
 
 
 def preprocess(gradient: Tensor, p: float = 10.0) -> Tensor:
@@ -104,6 +103,8 @@ class MetaNetwork(EpisodicModule):
         **kwargs: ``optimizer``, ``scheduler`` and ``init_from``.
     """
 
+    fixed_ways = True
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -122,13 +123,6 @@ class MetaNetwork(EpisodicModule):
         self.example_weights = FastWeightGenerator(generator_hidden)  # m: support example -> memory slot
         self.task_weights = FastWeightGenerator(generator_hidden)  # d: representation loss -> key weights
 
-    def check_episode(self, batch: TaskBatch) -> None:
-        if batch.n_way != self.n_way:
-            raise DataError(
-                f"{type(self).__name__} was built with a {self.n_way}-way head but the episodes are "
-                f"{batch.n_way}-way; set model.init_args.n_way to data.init_args.n_way"
-            )
-
     def representation_loss(self, keys: Tensor, labels: Tensor) -> Tensor:
         """Whether each pair of support examples shares a class, from the cosine similarity of their keys."""
         similarity = cosine_logits(keys, keys, self.temperature)
@@ -143,8 +137,7 @@ class MetaNetwork(EpisodicModule):
         Differentiated through in training (second order); in evaluation only gradients are turned on, and
         only here (in full precision: the log of tiny half-precision gradients is noise).
         """
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError(f"{type(self).__name__} needs autograd: use Trainer(inference_mode=False)")
+        self.require_autograd()
         with torch.enable_grad(), full_precision(support.device):
             support = support.to(self.key_layer.slow.weight.dtype)  # float32 under mixed precision
             keys, hidden_in = self.key_layer.slow(support), self.hidden_layer.slow(support)
@@ -169,44 +162,41 @@ class MetaNetwork(EpisodicModule):
             support = self.backbone(task.support_x)
         return self.memorise(support, task)
 
-    def memorise(self, support: Tensor, task: Task) -> AdaptedMetaNetwork:
+    def memorise(self, support: Tensor, task: Task) -> AdaptedHead:
         """The adapted model of ``task`` from its support embeddings ``(n, d)``: ``d`` writes the fast key
         weights, ``m`` one memory slot per support example."""
         key_gradient, hidden_gradients, output_gradients = self.meta_information(support, task.support_y)
         key_weight = self.task_weights(key_gradient)
         memory = self.example_weights(hidden_gradients), self.example_weights(output_gradients)
         keys = self.key_layer(support, key_weight)
-        return AdaptedMetaNetwork(self, task.support_x, key_weight, keys, *memory)
+        return AdaptedHead(self.backbone, FastWeights(self, key_weight, keys, *memory), task.support_x)
 
     def score_tasks(self, batch: TaskBatch) -> Tensor:
         """Every task's adapted model on its query embeddings, the meta-batch embedded once (called on inputs,
         the adapted model embeds its support set again with them: the same numbers, with more work)."""
         support, query = self.embed_episodes(self.backbone, batch)
         adapted = (self.memorise(s, task) for s, task in zip(support, batch, strict=True))
-        return torch.stack([model.scores(q) for model, q in zip(adapted, query, strict=True)])
+        return torch.stack([model.head(q) for model, q in zip(adapted, query, strict=True)])
 
 
-class AdaptedMetaNetwork(nn.Module):
-    """The slow network and one task's fast weights: every input reads its own from the memory.
+class FastWeights(nn.Module):
+    """The slow layers and one task's fast weights, from embeddings to logits: each input reads its own.
 
-    Buffers: the support set (its moments normalise the backbone's inputs), the fast key weights, and per
-    support example one key and one memory slot (the hidden and the output layer's fast weights).
+    Buffers: the fast key weights, and per support example one key and one memory slot (the hidden and the
+    output layer's fast weights). The adapted model is the backbone with this head (:class:`AdaptedHead`).
     """
 
     def __init__(
         self,
         network: MetaNetwork,
-        support_x: Tensor,
         key_weight: Tensor,
         support_keys: Tensor,
         hidden_memory: Tensor,
         output_memory: Tensor,
     ) -> None:
         super().__init__()
-        self.backbone, self.key_layer = network.backbone, network.key_layer
-        self.hidden_layer, self.output_layer = network.hidden_layer, network.output_layer
-        self.temperature = network.temperature
-        self.register_buffer("support_x", support_x)
+        self.key_layer, self.hidden_layer = network.key_layer, network.hidden_layer
+        self.output_layer, self.temperature = network.output_layer, network.temperature
         self.register_buffer("key_weight", key_weight)
         self.register_buffer("support_keys", support_keys)
         self.register_buffer("hidden_memory", hidden_memory)
@@ -217,12 +207,8 @@ class AdaptedMetaNetwork(nn.Module):
         keys = self.key_layer(embeddings, self.key_weight)
         return torch.softmax(cosine_logits(keys, self.support_keys, self.temperature), -1)
 
-    def scores(self, embeddings: Tensor) -> Tensor:
-        """Logits ``(q, n_way)`` of the inputs' embeddings ``(q, d)``: each reads its own fast weights."""
+    def forward(self, embeddings: Tensor) -> Tensor:
+        """Logits ``(q, n_way)`` of the inputs' embeddings ``(q, d)``."""
         attention = self.attention(embeddings)
         hidden = self.hidden_layer(embeddings, read(attention, self.hidden_memory))
         return self.output_layer(hidden, read(attention, self.output_memory))
-
-    def forward(self, x: Tensor) -> Tensor:
-        _, embeddings = embed_jointly(self.backbone, self.support_x.unsqueeze(0), x.unsqueeze(0))
-        return self.scores(embeddings[0])

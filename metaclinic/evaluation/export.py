@@ -25,7 +25,6 @@ from torch import Tensor, nn
 
 from metaclinic.algorithms.adapted import CalibratedProbabilities, frozen, one_episode
 from metaclinic.algorithms.base import EpisodicModule
-from metaclinic.algorithms.inner_loop import InnerLoopModule
 from metaclinic.data.task import TaskBatch
 from metaclinic.errors import DataError
 
@@ -37,7 +36,7 @@ def check_support(model: EpisodicModule, classes: list[str], source: str) -> Non
         raise DataError(
             f"{source}: the support set has {len(classes)} class(es) {classes}; it needs two or more"
         )
-    if isinstance(model, InnerLoopModule) and len(classes) != model.n_way:
+    if model.fixed_ways and len(classes) != model.n_way:
         raise DataError(
             f"{source}: the support set has {len(classes)} classes {classes}, but {type(model).__name__} was "
             f"meta-trained with a fixed {model.n_way}-way head: give exactly {model.n_way} classes"
