@@ -19,6 +19,7 @@ from metaclinic.data.datamodule import DATA_DIR_ENV
 from metaclinic.data.synthetic_series import ECG_DATA_SETS, write_synthetic_ecg, write_synthetic_ucr
 from metaclinic.data.timeseries_datamodule import parse_selector
 from metaclinic.errors import DataError
+from metaclinic.evaluation.metrics import episode_sensitivity, episode_specificity
 from metaclinic.models import FCN1D
 from metaclinic.models.normalization import forward_queries
 
@@ -26,7 +27,8 @@ from .conftest import REPO, SHARED_DATA, fit_in_process
 from .test_adapt import csv_probabilities, evaluation_probabilities, exported_probabilities
 
 CONFIG = REPO / "configs" / "ecg_protonet.yaml"
-SPLIT = yaml.safe_load(CONFIG.read_text())["data"]["init_args"]
+CONFIGS = [CONFIG, REPO / "configs" / "ecg_maml.yaml"]
+SPLIT = yaml.safe_load((REPO / "configs" / "parts" / "ecg_data.yaml").read_text())["init_args"]
 SELECTORS = {split: SPLIT[split] for split in ("meta_train", "meta_val", "meta_test")}
 PER_CLASS = 10  # series per class in each generated file: 20 per class, both files pooled
 K = 3  # support series per class given to adapt
@@ -262,6 +264,9 @@ def test_files_of_one_data_set_must_have_one_length(tmp_path: Path):
         ({"meta_val": ["ECG5000:3,6"]}, r"ECG5000 has no label 6; its labels are 1, 2, 3, 4, 5"),
         ({"n_way": 3}, r"meta_train: data set ECG5000 has 2 class\(es\) .*fewer than n_way=3"),
         ({"channels": 2}, r"CinCECGTorso: series of 1 channel\(s\), but data.channels is 2"),
+        ({"positive_labels": {"ECG201": -1}}, r"positive_labels names ECG201, which no meta-split selects"),
+        ({"positive_labels": {"ECG200": 2}}, r"positive_labels.ECG200: .* no label 2; its labels are -1, 1"),
+        ({"positive_labels": {"ECG200": "-1"}}, r"positive_labels.ECG200: '-1' is not a label of the file"),
     ],
 )
 def test_bad_configurations_are_named(ecg_root: Path, overrides: dict, message: str):
@@ -288,6 +293,44 @@ def test_episodes_are_seeded_from_one_data_set_and_disjoint_across_splits(ecg_ro
             again, _ = data._episodes(split, seed=0, num_episodes=6)[i]
             assert torch.equal(again.query_x, task.query_x)
     assert data.domain_names("meta_test") == ["ECG200", "ECGFiveDays"]
+
+
+@pytest.mark.parametrize(
+    ("positive_labels", "expected"),
+    [
+        ({"ECG200": -1}, {"ECG200": "ECG200:-1", "ECGFiveDays": "ECGFiveDays:2"}),
+        ({}, {"ECG200": "ECG200:1", "ECGFiveDays": "ECGFiveDays:2"}),  # the key sorting last
+    ],
+)
+def test_a_data_sets_positive_label_is_the_positive_class_of_its_episodes(
+    ecg_root: Path, positive_labels: dict, expected: dict
+):
+    data = make_data(ecg_root, positive_labels=positive_labels)
+    data.setup()
+    pool = data.pools["meta_test"]
+    episodes = data._episodes("meta_test", seed=0, num_episodes=12)
+    seen = set()
+    for i in range(12):
+        task, _ = episodes[i]
+        keys = [pool.classes[c].key for c in task.classes.tolist()]
+        domain = pool.classes[int(task.classes[0])].domain
+        assert keys[int(task.positive_class)] == expected[domain]
+        seen.add((domain, int(task.positive_class)))
+        # A model that calls every query positive: sensitivity 1, specificity 0, for the positive class.
+        logits = torch.nn.functional.one_hot(task.positive_class.expand(len(task.query_y)), 2).float()[None]
+        assert episode_sensitivity(logits, task.query_y[None], task.positive_class[None]).item() == 1.0
+        assert episode_specificity(logits, task.query_y[None], task.positive_class[None]).item() == 0.0
+    assert {positive for _, positive in seen} == {0, 1}  # either local class, as the draw orders them
+    assert {domain for domain, _ in seen} == {"ECG200", "ECGFiveDays"}
+
+
+def test_both_ecg_configs_share_data_and_budget_and_name_infarction_positive():
+    configs = [yaml.safe_load(path.read_text()) for path in CONFIGS]
+    assert {(c["data"], c["trainer"]) for c in configs} == {("parts/ecg_data.yaml", "parts/ecg_trainer.yaml")}
+    assert [c["model"]["class_path"].rsplit(".", 1)[1] for c in configs] == ["ProtoNet", "MAML"]
+    assert configs[0]["model"]["init_args"]["backbone"] == configs[1]["model"]["init_args"]["backbone"]
+    assert configs[1]["model"]["init_args"]["first_order"] is False
+    assert SPLIT["positive_labels"] == {"ECG200": -1}
 
 
 # -- the backbone --------------------------------------------------------------------------------------------

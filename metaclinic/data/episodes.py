@@ -102,13 +102,18 @@ class EpisodeDataset(Dataset):
         return torch.tensor([info.grade for info in infos])
 
     def _positive_class(self, classes: np.ndarray) -> int:
-        """A binary episode's positive class: the one whose :attr:`ClassInfo.target` sorts last (``"1"`` of a
-        ``"0"``/``"1"`` diagnosis, tables with ``positive_above``; the larger key otherwise), local class 1
-        when the targets are equal. Local ids are arbitrary, so this is what says which class is positive.
-        -1 for episodes of more than two classes."""
+        """A binary episode's positive class: the one marked :attr:`ClassInfo.positive` (a data set's
+        clinically positive label, e.g. ECG200's infarctions), else the one whose :attr:`ClassInfo.target`
+        sorts last (``"1"`` of a ``"0"``/``"1"`` diagnosis, tables with ``positive_above``; the larger key
+        otherwise), local class 1 when the targets are equal. Local ids are arbitrary, so this is what says
+        which class is positive. -1 for episodes of more than two classes."""
         if len(classes) != 2:
             return -1
-        first, second = (self.pool.classes[c].target for c in classes)
+        infos = [self.pool.classes[c] for c in classes]
+        marked = [info.positive for info in infos]
+        if marked.count(True) == 1:
+            return marked.index(True)
+        first, second = (info.target for info in infos)
         return int(second >= first)
 
     def _domain_code(self, classes: np.ndarray) -> int:

@@ -20,6 +20,8 @@ class ClassInfo:
     diseased patients of every hospital), which supervised baselines pool over; by default the key.
     ``grade``: the class's value on an ordinal scale (RetinaMNIST's grades 0-4), when its domain's classes
     are grades of one scale; the report then scores episodes by grade too (kappa, grade error).
+    ``positive``: the class is its domain's clinically positive one (ECG200's infarctions against its normal
+    beats), so a binary episode with it scores sensitivity and specificity for it, whatever the keys say.
     """
 
     key: str
@@ -27,6 +29,7 @@ class ClassInfo:
     domain: str
     label: str = ""
     grade: int | None = None
+    positive: bool = False
 
     @property
     def target(self) -> str:

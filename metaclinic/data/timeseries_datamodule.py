@@ -78,6 +78,10 @@ class TimeSeriesEpisodes(EpisodicDataModule):
         z_normalise: z-normalise every series after resampling (the archive's convention); ``False`` keeps
             the amplitudes, e.g. of arrays in physical units.
         same_dataset_episodes: draw the classes of every episode from a single data set.
+        positive_labels: the clinically positive label of a data set (``{"ECG200": -1}``: its myocardial
+            infarctions): the positive class of its binary episodes, for which the report gives sensitivity
+            and specificity. A data set not named here takes the class whose key sorts last
+            (``"ECG200:1"`` of ``"ECG200:-1"``), which need not be the diseased one.
         **kwargs: episode settings of :class:`EpisodicDataModule` (n_way, n_shot, n_query, ...).
     """
 
@@ -91,6 +95,7 @@ class TimeSeriesEpisodes(EpisodicDataModule):
         channels: int = 1,
         z_normalise: bool = True,
         same_dataset_episodes: bool = True,
+        positive_labels: dict[str, int] | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -106,6 +111,18 @@ class TimeSeriesEpisodes(EpisodicDataModule):
         }
         self.root = Path(root) if root else default_data_root() / DEFAULT_FOLDER
         self.datasets = sorted({name for chosen in self.classes.values() for name, _ in chosen})
+        self.positive_labels = dict(positive_labels or {})
+        unknown = sorted(set(self.positive_labels) - set(self.datasets))
+        if unknown:
+            raise DataError(
+                f"data.positive_labels names {', '.join(unknown)}, which no meta-split selects; the data "
+                f"sets are {', '.join(self.datasets)}"
+            )
+        for name, label in self.positive_labels.items():
+            if isinstance(label, bool) or not isinstance(label, int):
+                raise DataError(
+                    f"data.positive_labels.{name}: {label!r} is not a label of the file (an integer, e.g. -1)"
+                )
 
     @property
     def example_shape(self) -> tuple[int, int]:
@@ -136,6 +153,12 @@ class TimeSeriesEpisodes(EpisodicDataModule):
             )
         assert series.labels is not None
         labels, counts = np.unique(series.labels, return_counts=True)
+        positive = self.positive_labels.get(name)
+        if positive is not None and positive not in labels:
+            raise DataError(
+                f"data.positive_labels.{name}: {series.source} has no label {positive}; its labels are "
+                f"{', '.join(map(str, labels.tolist()))}"
+            )
         log.info(
             "%s: %d series of %d values, resampled to %d; classes %s",
             name, len(series), series.values.shape[-1], self.length,
@@ -161,7 +184,8 @@ class TimeSeriesEpisodes(EpisodicDataModule):
                     f"{', '.join(map(str, present))} (select them as {name}:{','.join(map(str, present))})"
                 )
             for label in present if labels is None else labels:
-                info = ClassInfo(f"{name}:{label}", f"label {label}", name)
+                positive = self.positive_labels.get(name) == label
+                info = ClassInfo(f"{name}:{label}", f"label {label}", name, positive=positive)
                 if any(c.key == info.key for c in classes):
                     raise DataError(f"data.{split}: class {info.key} is selected twice")
                 rows = torch.from_numpy(np.flatnonzero(y == label))
