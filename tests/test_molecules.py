@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from rdkit import Chem
 from rdkit.Chem import rdFingerprintGenerator
 
@@ -38,6 +39,8 @@ RULES = {
     "SR-p53": {"N", "C#N", "C(=O)N"},  # nitrogen
 }
 DUPLICATES = 12  # molecules written a second time, as another valid SMILES of the same molecule
+SIDER = yaml.safe_load((REPO / "configs" / "parts" / "sider_data.yaml").read_text())["init_args"]
+SIDER_CONFIGS = [REPO / "configs" / f"sider_{algorithm}.yaml" for algorithm in ("protonet", "maml")]
 
 
 def molecule_table(seed: int = 0, missing: float = 0.15) -> pd.DataFrame:
@@ -343,6 +346,47 @@ def test_adapt_on_a_smiles_csv_gives_the_evaluation_probabilities(
         reader.read_support(tmp_path / "unlabelled.csv")
 
 
+# -- SIDER: its column names, every cell measured, through its configs --------------------------------------
+def sider_table(seed: int = 0) -> pd.DataFrame:
+    """The generated molecules with SIDER's 27 side-effect columns, all measured: a column's positives are the
+    molecules of a seeded random half of the functional groups."""
+    frame = molecule_table()[["smiles", "molecule", "group"]].copy()
+    rng = np.random.default_rng(seed)
+    for column in SIDER["meta_train"] + SIDER["meta_test"]:
+        groups = rng.choice(GROUPS, size=len(GROUPS) // 2, replace=False)
+        frame[column] = frame.group.isin(groups).astype(int)
+    return frame
+
+
+def test_both_sider_configs_share_data_and_budget_and_split_21_and_6_columns():
+    configs = [yaml.safe_load(path.read_text()) for path in SIDER_CONFIGS]
+    assert {(c["data"], c["trainer"]) for c in configs} == {
+        ("parts/sider_data.yaml", "parts/sider_trainer.yaml")
+    }
+    assert [c["model"]["class_path"].rsplit(".", 1)[1] for c in configs] == ["ProtoNet", "MAML"]
+    assert (len(SIDER["meta_train"]), len(SIDER["meta_val"]), len(SIDER["meta_test"])) == (21, 0, 6)
+    # "Product issues" has 22 drugs with it: 10-shot leaves 12 queries per class.
+    assert (SIDER["n_shot"], SIDER["n_query"]) == (10, 12) and "Product issues" in SIDER["meta_train"]
+
+
+def test_the_sider_config_runs_on_a_sider_format_file_and_reports_each_test_column(tmp_path: Path):
+    root = tmp_path / "data"
+    write_csv(sider_table(), root / "molecules" / "sider.csv")
+    args = [
+        "--config", str(SIDER_CONFIGS[0]), f"--runs_dir={tmp_path / 'runs'}",
+        f"--data.init_args.cache_dir={tmp_path / 'cache'}", "--data.init_args.n_shot=3",
+        "--data.init_args.n_query=5", "--data.init_args.meta_batch_size=4",
+        "--data.init_args.test_episodes=60",
+        "--trainer.max_steps=10", "--trainer.callbacks.init_args.every_n_train_steps=10",
+    ]  # fmt: skip
+    report = json.loads((fit_in_process(args, data_dir=root) / "meta_test_report.json").read_text())
+    assert (report["n_way"], report["n_shot"], report["episodes"]) == (2, 3, 60)
+    assert sorted(report["breakdown"]) == sorted(SIDER["meta_test"])  # names with commas and spaces
+    per_column = [m["auroc"]["mean"] for m in report["breakdown"].values()]
+    assert all(m["auroc"]["n"] == 10 for m in report["breakdown"].values())
+    assert report["metrics"]["auroc"]["mean"] == pytest.approx(np.mean(per_column))
+
+
 # -- the real files --------------------------------------------------------------------------------------
 @pytest.mark.skipif(not (SHARED_DATA / "molecules").is_dir(), reason="needs the shared MoleculeNet files")
 def test_the_real_tox21_file_in_the_literature_split(tmp_path: Path):
@@ -363,3 +407,18 @@ def test_the_real_tox21_file_in_the_literature_split(tmp_path: Path):
         423,
     ]  # SR-HSE, SR-MMP, SR-p53
     assert data.pools["meta_train"].num_classes == 18 and data.domain_names("meta_test") == TOX21_TEST
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "molecules").is_dir(), reason="needs the shared MoleculeNet files")
+def test_the_real_sider_file_in_the_configs_split(tmp_path: Path):
+    path = SHARED_DATA / "molecules" / "sider.csv"
+    split = {key: SIDER[key] for key in ("meta_train", "meta_val", "meta_test")}
+    data = episodes(path, tmp_path, **split, n_shot=SIDER["n_shot"], n_query=SIDER["n_query"])
+    data.setup()  # every SMILES parses (invalid_smiles: error)
+    assert data.features.shape == (1427, 2048)
+    sizes = dict(zip(data.pools["meta_train"].classes, data.pools["meta_train"].class_sizes(), strict=True))
+    assert min(sizes.values()) == 22 == SIDER["n_shot"] + SIDER["n_query"]  # Product issues' actives
+    assert [c.key for c, n in sizes.items() if n == 22] == ["Product issues=1"]
+    assert data.domain_names("meta_test") == SIDER["meta_test"]
+    with pytest.raises(DataError, match=r"'Product issues' has 22 active and 1405 inactive"):
+        episodes(path, tmp_path, **split, n_shot=10, n_query=13).setup()
