@@ -10,11 +10,19 @@ prediction sets come in the format the model was trained on:
 - tables (CSV, TSV, Parquet): the training table's columns, read with its settings and encoded with the
   checkpoint's preprocessing; the support set needs the label column, the prediction set may lack it;
 - images: the support set is a folder with one sub-folder of images per class, the prediction set a flat
-  folder of images (or one image file); images are resized to the model's size.
+  folder of images (or one image file); images are resized to the model's size;
+- series (ECG): UCR-format TSV files, the integer label first (``?`` or empty for a series to predict, so a
+  ``_TEST.tsv`` predicts as it is), or ``.npz`` files with ``x`` (and ``y``); resampled and z-normalised
+  as in meta-training;
+- molecules: CSVs with the training's SMILES column, the support set with one 0/1 column (or
+  ``--label_column``); featurised with the checkpoint's Morgan fingerprint settings;
+- single cells: AnnData ``.h5ad`` files, genes matched by name to the checkpoint's gene list; the support
+  set's classes are its ``obs[label_key]`` cell types (or ``--label_column``), cells are named by
+  ``obs_names`` (and ``--id_column``).
 
-Classes are the support set's label values (or class folder names), in sorted order. The model adapts as
-in meta-test evaluation (its inner loop, or its prototypes / comparisons) with the prediction set as the
-query set, and writes to ``--out``:
+Classes are the support set's label values (or class folder names, cell types), in sorted order. The model
+adapts as in meta-test evaluation (its inner loop, or its prototypes / comparisons) with the prediction set as
+the query set, and writes to ``--out``:
 
 - ``predictions.csv``: one row per case: its row number (and ``--id_column``) or file name, the predicted
   class and one ``probability_<class>`` column per class;
@@ -207,19 +215,33 @@ def _model_info(meta_trained: MetaTrained, reader: CaseReader, support: SupportS
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m metaclinic.adapt",
-        description="Adapt a meta-trained checkpoint to labelled cases and predict new ones.",
+        description="Adapt a meta-trained checkpoint to labelled cases and predict new ones. Cases come in "
+        "the training's kind: tables (CSV, TSV, Parquet), image folders, series (UCR .tsv, .npz), molecules "
+        "(SMILES CSVs) or single cells (.h5ad).",
     )
     parser.add_argument("--ckpt_path", required=True, help="checkpoint of a metaclinic.fit run")
     parser.add_argument(
-        "--support", required=True, help="labelled cases: a table, or a folder of class folders"
+        "--support",
+        required=True,
+        help="labelled cases: a table, a folder of class folders, a .tsv/.npz of series, a SMILES CSV with a "
+        "0/1 column or an .h5ad file",
     )
-    parser.add_argument("--predict", required=True, help="cases to predict: a table, or a folder of images")
+    parser.add_argument(
+        "--predict",
+        required=True,
+        help="cases to predict, of the same kind: a table, a folder of images (or one image), series, SMILES "
+        "or cells",
+    )
     parser.add_argument("--out", required=True, help="folder for predictions.csv and the adapted model")
     parser.add_argument(
         "--config", default=None, help="the run's config.yaml (default: next to checkpoints/)"
     )
-    parser.add_argument("--label_column", default=None, help="tables: the support set's class column")
-    parser.add_argument("--id_column", default=None, help="tables: a column identifying predicted cases")
+    parser.add_argument(
+        "--label_column", default=None, help="tables, molecules, cells: the support set's class column"
+    )
+    parser.add_argument(
+        "--id_column", default=None, help="tables, molecules, cells: a column identifying predicted cases"
+    )
     args = parser.parse_args(argv)
     try:
         adapt(**vars(args))
