@@ -92,6 +92,12 @@ STEPS = [
     Step("Reptile + augmentation, from SimpleShot + aug. + unlabelled", "reptile_medmnist",
          [AUGMENT, REPTILE_SCHEDULE], init_from="SimpleShot + aug. + unlabelled blood images",
          unlabelled=True),
+    # The remaining algorithm families under the pretrain-then-meta-train recipe (their plain runs are in
+    # scripts/compare_algorithms.py's sweep).
+    *(Step(f"{name} + augmentation, from SimpleShot + aug.", f"{config}_medmnist", [AUGMENT],
+           init_from="SimpleShot + augmentation")
+      for name, config in [("LSTM meta-learner", "lstm_meta_learner"), ("MetaNet", "metanet"), ("LEO", "leo"),
+                           ("MetaGAN", "metagan"), ("MANN", "mann")]),
 ]  # fmt: skip
 
 
