@@ -28,6 +28,7 @@ arithmetic) times its tasks per second, and against ``--peak_tflops`` of the har
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import resource
 import statistics
@@ -119,9 +120,10 @@ def from_config(name: str, backbone: Any, data: Any) -> Any:
 
     config = REPO / "configs" / f"{name}_medmnist.yaml"
     configured, _ = build_model_and_data(config, lambda _: data.example_shape)
-    init_args = {k: v for k, v in configured.hparams.items() if k not in ("init_from", "n_way")}
-    settings = {"n_way": data.n_way} if "n_way" in configured.hparams else {}
-    return type(configured)(backbone, optimizer=configured.optimizer_factory, **init_args, **settings)
+    accepted = inspect.signature(type(configured)).parameters
+    own = {k: v for k, v in configured.hparams.items() if k in accepted and k not in ("init_from", "n_way")}
+    settings = {"n_way": data.n_way} if "n_way" in accepted else {}
+    return type(configured)(backbone, optimizer=configured.optimizer_factory, **own, **settings)
 
 
 def run_learn2learn(args: argparse.Namespace, data) -> Built:

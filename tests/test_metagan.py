@@ -202,3 +202,11 @@ def test_maml_base_has_an_n_plus_one_way_head_refuses_other_ways_and_meta_learns
     model._step(batch)[0].backward()
     assert model.head.weight.grad[3].abs().sum() > 0  # the fake class's row is meta-learned too
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.parameters())
+
+
+def test_fit_logs_the_adversarial_term_of_the_meta_loss_and_a_call_by_hand_logs_nothing():
+    model = metagan()
+    trainer = quiet_trainer(max_steps=2, accelerator="cpu")
+    trainer.fit(model, DataLoader([gaussian_tasks(seed=i) for i in range(2)], batch_size=None))
+    assert trainer.callback_metrics["train/adversarial"] > 0
+    model.training_loss(gaussian_tasks(seed=5))  # after fit, outside the training loop: no log call

@@ -180,7 +180,8 @@ class EpisodicModule(LightningModule):
         loss, accuracy = self.query_metrics(scores, batch)
         if not extra_terms:
             return loss, accuracy
-        if attached_trainer(self) is not None:  # logged in fit; silent when called by hand
+        trainer = attached_trainer(self)
+        if trainer is not None and trainer.training:  # logged in the training loop, not when called by hand
             self.log_dict({f"train/{k}": v.detach() for k, v in extra_terms.items()}, batch_size=len(batch))
         return loss + sum(extra_terms.values()), accuracy
 
