@@ -148,6 +148,17 @@ class TableEpisodes(EpisodicDataModule):
         assert self.preprocessor is not None
         return self.preprocessor.feature_names
 
+    def raw_columns(self, split: str = "meta_train") -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The feature columns of ``split``'s rows before preprocessing: numeric (float, NaN = missing) and
+        categorical (text, ``None`` = missing), by column. What a federated site summarises
+        (:mod:`metaclinic.federated.statistics`) so that every site encodes its features alike."""
+        self._load()
+        assert self._classes is not None and self._columns is not None
+        parts = [rows for _, rows in self._classes[split]]
+        rows = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+        numeric, categorical = self._columns
+        return {c: v[rows] for c, v in numeric.items()}, {c: v[rows] for c, v in categorical.items()}
+
     def build_pools(self) -> dict[str, ClassPool]:
         self._load()
         assert self._classes is not None and self.preprocessor is not None
