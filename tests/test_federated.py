@@ -21,7 +21,13 @@ from metaclinic.errors import DataError
 from metaclinic.federated.client import SiteClient
 from metaclinic.federated.config import FederatedConfig, FederationError
 from metaclinic.federated.parameters import model_arrays
-from metaclinic.federated.run import LOG_FILE, ROUNDS_FILE, run_on_one_machine
+from metaclinic.federated.run import (
+    LOG_FILE,
+    MODEL_FILE,
+    ROUNDS_FILE,
+    meta_test_checkpoint,
+    run_on_one_machine,
+)
 from metaclinic.federated.statistics import combine_summaries, site_summary
 
 from .conftest import REPO
@@ -153,6 +159,17 @@ def test_two_rounds_of_two_sites_give_the_fedavg_of_what_they_sent(tmp_path: Pat
     assert report["algorithm"] == "MAML" and report["episodes"] == 10
     beside = (run.run_dir / "baselines.md").read_text()
     assert "MAML (federated)" in beside and "NearestCentroid" in beside and "every site pooled" in beside
+
+
+def test_the_held_out_site_alone_scores_the_global_model_as_the_one_machine_run_did(tmp_path: Path):
+    config = federated_config(tmp_path, rounds=1)
+    run = run_on_one_machine(config, tmp_path / "runs")
+    for site in ("north", "south"):  # the held-out hospital has only its own file
+        (tmp_path / "data" / f"{site}.csv").unlink()
+    alone = meta_test_checkpoint(config, run.run_dir / MODEL_FILE, tmp_path / "west")
+    one_machine = json.loads((run.run_dir / "meta_test_report.json").read_text())
+    assert alone.to_dict()["per_episode"] == one_machine["per_episode"]
+    assert "NearestCentroid (no learning)" in (tmp_path / "west" / "baselines.md").read_text()
 
 
 # -- what crosses the wire ----------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
-"""``python -m metaclinic.federated [server | client] --config configs/federated_heart_disease.yaml``.
+"""``python -m metaclinic.federated [server | client | evaluate] --config <federated config>``.
 
 Without a role, the whole federation runs on this machine (server and one client per site on loopback
 gRPC) and ends with the meta-test report of the held-out site. On separate machines, start
-``server --address 0.0.0.0:8080`` on one and ``client --site <name> --server <host>:8080`` at each site,
-all with the same config; a client reads only its own site's data.
+``server --address 0.0.0.0:8080 --meta_test=false`` on one, then ``client --site <name> --server
+<host>:8080`` at each site, all with the same config: a client reads only its own site's data. The held-out
+site scores the server's ``global_model.ckpt`` on its own data with ``evaluate --ckpt_path <file>``.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ def parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    roles = ["all", "server", "client"]
+    roles = ["all", "server", "client", "evaluate"]
     parser.add_argument("role", nargs="?", choices=roles, default="all", help="all: every part, here")
     parser.add_argument("--config", type=Path, required=True, help="a federated config")
     parser.add_argument("--site", help="client: the site this client is (one of federation.sites)")
     parser.add_argument("--server", help="client: the server's host:port")
     parser.add_argument("--address", help="server: where to listen (default federation.address)")
+    parser.add_argument("--ckpt_path", type=Path, help="evaluate: a global_model.ckpt of the federation")
     parser.add_argument("--rounds", type=int, help="replaces federation.rounds")
     parser.add_argument("--local_steps", type=int, help="replaces federation.local_steps")
     parser.add_argument(
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     from metaclinic.federated.run import (
         LOG_FILE,
         logged_to,
+        meta_test_checkpoint,
         meta_test_global_model,
         new_run_directory,
         run_on_one_machine,
@@ -76,6 +79,12 @@ def main(argv: list[str] | None = None) -> None:
                 write_outcome(run_dir, federation)
                 if args.meta_test:
                     meta_test_global_model(federation, run_dir, config.federation.accelerator)
+            print(f"Run: {run_dir}")
+        elif args.role == "evaluate":
+            if not args.ckpt_path:
+                raise SystemExit("python -m metaclinic.federated evaluate: give --ckpt_path")
+            run_dir = new_run_directory(Path(args.runs_dir) / (args.run_name or f"{config.name}-evaluate"))
+            meta_test_checkpoint(config, args.ckpt_path, run_dir)
             print(f"Run: {run_dir}")
         else:
             if not args.site or not args.server:

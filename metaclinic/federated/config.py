@@ -153,6 +153,18 @@ class FederatedConfig:
             f"--data.init_args.meta_test=[{','.join(self.federation.held_out)}]",
         ]
 
+    def held_out_args(self) -> list[str]:
+        """The held-out site alone, as it scores the global model on its own machine: only its own file, no
+        meta-train rows (the features are encoded with the federation's encoding, sent with the model)."""
+        held_out = self.federation.held_out
+        return [
+            *self.base_args(),
+            "--data.init_args.meta_train=[]",
+            "--data.init_args.meta_val=[]",
+            f"--data.init_args.meta_test=[{','.join(held_out)}]",
+            *self._own_files(held_out),
+        ]
+
     def _own_files(self, sites: list[str]) -> list[str]:
         """``{site: file}`` tables restricted to ``sites``' files, so that a client never opens another's."""
         fit = yaml.safe_load(self.fit_config.read_text()) or {}

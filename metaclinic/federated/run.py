@@ -35,8 +35,10 @@ from metaclinic.baselines.logistic import PooledLogisticRegression
 from metaclinic.baselines.no_learning import no_learning_baselines
 from metaclinic.cli import publish_report, score_meta_test
 from metaclinic.compare import Run, publish_beside_baselines, reference_runs
+from metaclinic.data.preprocess import TablePreprocessor
 from metaclinic.evaluation.report import REPORT_FILE, MetaTestReport
 from metaclinic.experiment.storage import write_atomically
+from metaclinic.federated.build import build_model_and_data
 from metaclinic.federated.client import SiteClient
 from metaclinic.federated.config import FederatedConfig
 from metaclinic.federated.server import Federation, serve
@@ -141,6 +143,28 @@ def meta_test_global_model(federation: Federation, run_dir: Path, accelerator: s
     federated.name = f"{federated.report['algorithm']} (federated)"
     beside = [*reference_runs(federated.report), Run(POOLED, pooled.to_dict())]
     publish_beside_baselines([federated, *beside], run_dir)
+    return report
+
+
+def meta_test_checkpoint(config: FederatedConfig, ckpt_path: str | Path, run_dir: Path) -> MetaTestReport:
+    """The held-out site's own meta-test of ``global_model.ckpt``: it reads only its own data.
+
+    The episodes are those of the one-machine run's meta-test (they are drawn within the held-out site's
+    classes, whatever else the run read), so the per-episode results are the same; the pooled baseline
+    needs the other sites' patients and is not scored here.
+    """
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # tensors and plain data only
+    encoding = state.get("preprocessor")
+    preprocessor = TablePreprocessor.from_state_dict(encoding) if encoding else None
+    model, data = build_model_and_data(config.held_out_args(), preprocessor)
+    model.load_state_dict(state["state_dict"])
+    model.reference_methods = [m for m in no_learning_baselines() if type(m) is not type(model)]
+    trainer = evaluation_trainer(config.federation.accelerator)
+    report = score_meta_test(trainer, model, data, None, run_dir)
+    publish_report(report, trainer, run_dir / REPORT_FILE)
+    federated = Run.read(run_dir / REPORT_FILE)
+    federated.name = f"{federated.report['algorithm']} (federated)"
+    publish_beside_baselines([federated, *reference_runs(federated.report)], run_dir)
     return report
 
 
