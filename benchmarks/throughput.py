@@ -2,12 +2,14 @@
 
     python -m benchmarks.throughput                           # real MedMNIST, CPU
     python -m benchmarks.throughput --synthetic --repeats 1   # a quick check on generated files
+    python -m benchmarks.throughput --backbone resnet12 --accelerator gpu --precision bf16-mixed
 
 Same Conv-4 architecture (``metaclinic.models.Conv4``, 64 filters; learn2learn's copy pools with torch's
 ``nn.MaxPool2d``, as a learn2learn user's network does, unless ``--learn2learn_pool=metaclinic`` gives it
 metaclinic's faster CPU max-pool too, which isolates what the rest of metaclinic gains), same data (the
 configs' meta-train classes of OrganAMNIST and BloodMNIST, 28x28), same ways, shots, queries, inner-loop
-steps and step size, meta-batch size and Adam. learn2learn's modules (``LightningMAML``, ``LightningANIL``,
+steps and step size, meta-batch size and Adam. ``--backbone resnet12`` gives both sides metaclinic's
+ResNet-12 (64-160-320-640) instead of Conv-4. learn2learn's modules (``LightningMAML``, ``LightningANIL``,
 ``LightningPrototypicalNetworks``) take one task per training step, so their meta-batch is Lightning's
 ``accumulate_grad_batches``; their tasks come from ``TaskDataset`` through ``EpisodicBatcher``, on inputs
 already converted to float (which spares them the conversion metaclinic does per meta-batch). learn2learn's
@@ -96,9 +98,8 @@ def run_metaclinic(args: argparse.Namespace, data) -> Built:
     from lightning.pytorch import Callback, Trainer
 
     from metaclinic.algorithms import ANIL, MAML, ProtoNet
-    from metaclinic.models import Conv4
 
-    backbone = compiled(Conv4(data.example_shape, hidden=args.hidden, channels_last=args.channels_last), args)
+    backbone = compiled(make_backbone(args, data.example_shape, args.channels_last), args)
     inner = dict(n_way=args.ways, inner_lr=args.inner_lr, train_steps=args.steps)
     model = {
         "maml": lambda: MAML(backbone, **inner),
@@ -133,8 +134,6 @@ def run_learn2learn(args: argparse.Namespace, data) -> Built:
     from learn2learn.utils.lightning import EpisodicBatcher
     from torch import nn
 
-    from metaclinic.models import Conv4
-
     x, y = meta_train_tensors(data)
     dataset = l2l.data.MetaDataset(torch.utils.data.TensorDataset(data.prepare_inputs(x), y))
     per_class = args.shots + args.queries
@@ -147,7 +146,7 @@ def run_learn2learn(args: argparse.Namespace, data) -> Built:
     ]
     tasks = l2l.data.TaskDataset(dataset, task_transforms=transforms, num_tasks=-1)
     batcher = EpisodicBatcher(tasks, epoch_length=(args.warmup + args.meta_batches) * args.meta_batch_size)
-    backbone = Conv4(data.example_shape, hidden=args.hidden)
+    backbone = make_backbone(args, data.example_shape)
     if args.learn2learn_pool == "torch":
         with_torch_max_pool(backbone)
     compiled(backbone, args)
@@ -170,6 +169,18 @@ def run_learn2learn(args: argparse.Namespace, data) -> Built:
         accumulate_grad_batches=args.meta_batch_size, inference_mode=False,
     )  # fmt: skip
     return Built(model, trainer, batcher, timer)
+
+
+BACKBONES = ("conv4", "resnet12")
+
+
+def make_backbone(args: argparse.Namespace, input_shape: tuple[int, ...], channels_last: bool = False) -> Any:
+    """The benchmark's backbone: Conv-4 of ``--hidden`` filters, or ResNet-12 (its default widths)."""
+    from metaclinic.models import Conv4, ResNet12
+
+    if args.backbone == "resnet12":
+        return ResNet12(input_shape)
+    return Conv4(input_shape, hidden=args.hidden, channels_last=channels_last)
 
 
 COMPILABLE = ("anil", "protonet")
@@ -275,7 +286,8 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--queries", type=int, default=15)
     parser.add_argument("--steps", type=int, default=1, help="inner-loop steps (the configs' train_steps)")
     parser.add_argument("--inner_lr", type=float, default=0.4)
-    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--backbone", default="conv4", choices=BACKBONES, help="both sides' backbone")
+    parser.add_argument("--hidden", type=int, default=64, help="Conv-4's filters")
     parser.add_argument("--meta_batch_size", type=int, default=4)
     parser.add_argument("--meta_batches", type=int, default=20, help="timed meta-batches per measurement")
     parser.add_argument("--warmup", type=int, default=3, help="meta-batches before timing starts")
@@ -300,7 +312,7 @@ def main() -> None:
         print(json.dumps(child(args)))
         return
     print(f"Hardware: {hardware()}; {args.ways}-way {args.shots}-shot, {args.queries} queries, "
-          f"{args.steps} inner step(s), meta-batch {args.meta_batch_size}, "
+          f"{args.steps} inner step(s), meta-batch {args.meta_batch_size}, backbone {args.backbone}, "
           f"precision {args.precision}, learn2learn's max-pool: {args.learn2learn_pool}"
           f"{', backbones compiled' if args.compile else ''}"
           f"{', metaclinic channels-last' if args.channels_last else ''}\n")  # fmt: skip

@@ -27,9 +27,15 @@ from metaclinic.config_errors import ConfigParser
 from metaclinic.data.datamodule import EpisodicDataModule
 from metaclinic.errors import DataError, WriteError
 from metaclinic.evaluation.report import REPORT_FILE, MetaTestReport
-from metaclinic.experiment.callbacks import CheckpointOnSigterm, MetaBatchSeeding
+from metaclinic.experiment.callbacks import CheckpointOnSigterm, MetaBatchSeeding, SigtermOnEveryProcess
 from metaclinic.experiment.callbacks import ModelCheckpoint as StepEndCheckpoint
 from metaclinic.experiment.lightning_internals import ModelInstantiator
+from metaclinic.experiment.processes import (
+    PENDING_RUN_DIR,
+    SharedRunDirectory,
+    check_launched_rank,
+    launched_as_global_zero,
+)
 from metaclinic.experiment.run_record import CONFIG_FILE, RunRecord, flatten, resume_entry
 from metaclinic.experiment.storage import AtomicCheckpointIO, remove_partial_files
 from metaclinic.experiment.tracking import WandbLogger as SafeWandbLogger
@@ -69,7 +75,10 @@ class MetaClinicCLI(LightningCLI):
 
     So that a stopped run resumes exactly, every run gets
     :class:`~metaclinic.experiment.callbacks.MetaBatchSeeding` and
-    :class:`~metaclinic.experiment.callbacks.CheckpointOnSigterm` (SIGTERM leaves ``checkpoints/last.ckpt``),
+    :class:`~metaclinic.experiment.callbacks.CheckpointOnSigterm` (SIGTERM leaves ``checkpoints/last.ckpt``;
+    with several processes :class:`~metaclinic.experiment.callbacks.SigtermOnEveryProcess` stops all of them
+    after the same step), and on several nodes only global rank 0 creates the run directory
+    (:mod:`metaclinic.experiment.processes`),
     and a config's ``ModelCheckpoint`` and ``WandbLogger`` become the drop-in
     :mod:`metaclinic.experiment.callbacks` and :mod:`metaclinic.experiment.tracking` classes (step checkpoints
     after validation; offline fallback, no data paths).
@@ -191,6 +200,8 @@ class MetaClinicCLI(LightningCLI):
             files = [Path(str(f)) for f in config.get("config") or []]
             if files and files[-1].name == CONFIG_FILE:
                 return files[-1].parent
+        if not self.launched_zero:  # another node's process: rank 0 creates the directory and hands it over
+            return group / PENDING_RUN_DIR
         self.created_run_dir = _new_run_directory(group)
         return self.created_run_dir
 
@@ -233,6 +244,7 @@ class MetaClinicCLI(LightningCLI):
         if not self.with_trainer:
             return
         config = self.config
+        self.launched_zero = launched_as_global_zero()
         # config.yaml records the settings as given, not what is derived below for this run (its directory,
         # the checkpoint it resumes): ``fit --config <run>/config.yaml`` then starts a new run, same settings.
         self.portable_config = config.clone()
@@ -265,6 +277,7 @@ class MetaClinicCLI(LightningCLI):
     def after_instantiate_classes(self) -> None:
         if not self.with_trainer:
             return
+        check_launched_rank(self.trainer, self.launched_zero)
         callbacks = self.trainer.callbacks
         for callback in callbacks:
             if isinstance(callback, SaveConfigCallback):
@@ -281,8 +294,22 @@ class MetaClinicCLI(LightningCLI):
         # Checkpoints that monitor nothing (``last``) save after those that do, so that they hold their
         # latest state; the SIGTERM checkpoint comes after all of them.
         callbacks.sort(key=lambda c: isinstance(c, ModelCheckpoint) and c.monitor is None)
+        if SigtermOnEveryProcess not in present:  # before the checkpoints: they read what it decides
+            callbacks.insert(0, SigtermOnEveryProcess())
         if self.trainer.checkpoint_callbacks and CheckpointOnSigterm not in present:
             callbacks.append(CheckpointOnSigterm(self.run_dir / "checkpoints" / "last.ckpt"))
+        callbacks.insert(0, SharedRunDirectory(self.run_dir, self.adopt_run_dir))
+
+    def adopt_run_dir(self, run_dir: Path) -> None:
+        """Takes global rank 0's run directory (:class:`SharedRunDirectory`): what a process on another
+        node, which cannot inherit it, knows only once the processes can talk."""
+        self.run_dir = run_dir
+        os.environ[RUN_DIR_ENV] = f"{os.getpid()}:{run_dir}"
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, RunRecord):
+                callback.run_dir = run_dir
+            if isinstance(callback, CheckpointOnSigterm):
+                callback.path = run_dir / "checkpoints" / "last.ckpt"
 
 
 def inherited_run_dir() -> Path | None:

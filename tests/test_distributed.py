@@ -94,3 +94,23 @@ def test_two_processes_report_what_one_reports(medmnist_root: Path, tmp_path: Pa
         assert double["n"] == single["n"] == 21
         assert double["mean"] == pytest.approx(single["mean"], abs=1e-6)
         assert double["ci95"] == pytest.approx(single["ci95"], abs=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+@pytest.mark.parametrize("algorithm", ["maml", "protonet"])
+def test_two_gpus_with_nccl_reach_the_weights_of_one_gpu(algorithm: str, medmnist_root: Path, tmp_path: Path):
+    """The same comparison on GPUs (DDP's NCCL backend), deterministic kernels where CUDA has them and no
+    TF32 (``NVIDIA_TF32_OVERRIDE=0``), so that what differs is only how the two processes add up."""
+    config = config_for(algorithm, tmp_path)
+    gpu = ["--trainer.accelerator=gpu", "--trainer.deterministic=warn"]
+    os.environ["NVIDIA_TF32_OVERRIDE"] = "0"  # read by cuBLAS and cuDNN in the runs, which copy it
+    try:
+        one = fit(config, medmnist_root, tmp_path / "one", 1, *ALGORITHMS[algorithm], *gpu)
+        two = fit(config, medmnist_root, tmp_path / "two", 2, *ALGORITHMS[algorithm], *gpu)
+    finally:
+        del os.environ["NVIDIA_TF32_OVERRIDE"]
+    checkpoints = [torch.load(run / "checkpoints/last.ckpt", weights_only=True) for run in (one, two)]
+    weights = [checkpoint["state_dict"] for checkpoint in checkpoints]
+    for name in weights[0]:
+        torch.testing.assert_close(weights[1][name], weights[0][name], rtol=1e-4, atol=1e-5, msg=name)

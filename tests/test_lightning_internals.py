@@ -23,6 +23,7 @@ from lightning.pytorch import Callback, LightningDataModule, LightningModule, Tr
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, TensorDataset
 
 from metaclinic.experiment.lightning_internals import (
@@ -33,6 +34,7 @@ from metaclinic.experiment.lightning_internals import (
     last_saved_step,
     log_offline_from_now,
     logs_offline,
+    mark_sigterm_received,
     save_unmonitored_checkpoint,
     validation_follows_step,
     wandb_init_arguments,
@@ -116,6 +118,24 @@ def test_private_attributes_are_where_metaclinic_reads_them(tmp_path: Path):
         assert trainer.fit_loop._data_fetcher is None  # set when fit starts
     with private("fit_loop.epoch_loop.batch_progress.is_last_batch"):
         assert is_last_batch_of_epoch(trainer) is False
+
+
+def test_a_marked_sigterm_stops_training_after_the_step_that_marked_it():
+    """SigtermOnEveryProcess marks SIGTERM in on_train_batch_end; Lightning stops at the end of that step."""
+
+    class MarkAt(Callback):
+        def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
+            if trainer.global_step == 2:
+                with private("Trainer._signal_connector.received_sigterm"):
+                    mark_sigterm_received(trainer)
+
+    trainer = Trainer(max_steps=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, limit_val_batches=0, callbacks=[MarkAt()])  # fmt: skip
+    with pytest.raises(SIGTERMException):
+        trainer.fit(TinyRegression())
+    assert trainer.received_sigterm and trainer.global_step == 2, broken(
+        "Trainer._signal_connector.received_sigterm", f"stopped training at step {trainer.global_step}, not 2"
+    )
 
 
 # -- behaviour in a real fit -------------------------------------------------------------------------------

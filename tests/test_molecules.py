@@ -136,6 +136,18 @@ def test_fingerprints_are_morgan_bits_computed_once_and_again_when_the_file_chan
     assert not any(s in m for m in caplog.messages for s in ("CCCCO", "c1ccccc1"))
 
 
+def test_prepare_data_fills_the_cache_that_every_process_then_reads(table: pd.DataFrame, tmp_path: Path):
+    """Lightning runs prepare_data on one process per node before any sets up: it featurises; set-up reads."""
+    path = write_csv(table, tmp_path / "tox21.csv")
+    episodes(path, tmp_path).prepare_data()
+    assert len(list((tmp_path / "cache").glob("tox21-*.npz"))) == 1
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(MorganFingerprints, "__call__", lambda *args: pytest.fail("featurised although cached"))
+        data = episodes(path, tmp_path)
+        data.setup()
+    assert data.features.shape == (len(table), 2048)
+
+
 def test_an_invalid_smiles_is_named_by_row_or_dropped_with_its_count(
     table: pd.DataFrame, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):

@@ -352,3 +352,64 @@ def test_memory_stays_flat_across_meta_iterations_and_validations(make_datamodul
     (_, count_warm, bytes_warm), *_, (_, count_end, bytes_end) = probe.samples
     assert count_end <= count_warm + 5
     assert bytes_end <= bytes_warm * 1.02 + 4096
+
+
+# -- 6. on a CUDA GPU (pytest -m gpu; scripts/gpu_checks.sh runs them) -------------------------------------
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def gpu_meta_gradient(make_model, batch: TaskBatch, precision: str):
+    """The meta-gradient of one Lightning training step on the GPU at ``precision``, and its trainer."""
+    torch.manual_seed(0)
+    grab = MetaGradient()
+    trainer = quiet_trainer(
+        max_steps=1, precision=precision, accelerator="gpu", devices=1, deterministic=False, callbacks=[grab]
+    )
+    trainer.fit(make_model(), train_dataloaders=DataLoader([batch], batch_size=None))
+    return grab.gradient.cpu(), trainer
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+@pytest.mark.parametrize("name", ["MAML", "ANIL"])
+def test_on_a_gpu_half_precision_meta_gradients_are_finite_and_close_to_fp32(
+    name: str, precision: str, make_datamodule, monkeypatch: pytest.MonkeyPatch
+):
+    """Second-order meta-gradients through CUDA autocast with the fp32 inner loop; ``16-mixed`` with
+    Lightning's own GradScaler (2**16), which must not have skipped the step. The fp32 reference runs
+    without TF32, which cuDNN otherwise uses for fp32 convolutions."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    batch = medmnist_batch(make_datamodule)
+
+    def make_model() -> nn.Module:
+        network = Conv4((3, 28, 28), hidden=8)
+        return getattr(algorithms, name)(network, n_way=5, inner_lr=0.4, train_steps=5, optimizer=SGD0)
+
+    fp32, _ = gpu_meta_gradient(make_model, batch, "32-true")
+    half, trainer = gpu_meta_gradient(make_model, batch, precision)
+    similarity, norm_ratio = cosine(fp32, half), (half.norm() / fp32.norm()).item()
+    print(f"GPU {name} {precision}: cosine to fp32 {similarity:.5f}, norm ratio {norm_ratio:.4f}")
+    assert torch.isfinite(half).all()
+    if precision == "16-mixed":
+        scaler = trainer.precision_plugin.scaler
+        assert scaler is not None and scaler.get_scale() == 2.0**16, "the scaler skipped the step (overflow)"
+    assert similarity > (0.98 if precision == "bf16-mixed" else 0.99)
+    assert abs(norm_ratio - 1) < 0.05
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_on_a_gpu_the_inner_loop_runs_in_fp32_under_autocast_and_the_query_does_not(dtype: torch.dtype):
+    model = algorithms.MAML(MLP((16,), hidden=16), n_way=5, train_steps=2).cuda()
+    dtypes = []
+    model.learner.module[1].register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    batch = gaussian_batch(tasks=1)
+    on_gpu = {f.name: getattr(batch, f.name).cuda() for f in dataclasses.fields(batch)
+              if isinstance(getattr(batch, f.name), Tensor)}  # fmt: skip
+    with torch.autocast("cuda", dtype=dtype):
+        loss, _ = model._step(dataclasses.replace(batch, **on_gpu))
+    assert dtypes == [torch.float32, torch.float32, dtype]
+    assert torch.isfinite(loss)

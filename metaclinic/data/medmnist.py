@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import shutil
+import socket
 import urllib.request
 import zipfile
 from collections.abc import Callable
@@ -234,10 +235,14 @@ def md5sum(path: Path) -> str:
 
 
 def download(name: str, root: Path, size: int = 28) -> Path:
-    """Fetches the official file into ``root`` and checks its MD5; a partial download never stays behind."""
+    """Fetches the official file into ``root`` and checks its MD5; a partial download never stays behind.
+
+    The download goes to a file of this host and process, moved over the target once complete: the first
+    process of every node prepares the data, and on a shared folder two nodes may download at once.
+    """
     md5, target, url = file_md5(name, size), root / file_name(name, size), file_url(name, size)
     root.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".npz.part")
+    partial = target.with_name(f".{target.name}.{socket.gethostname()}.{os.getpid()}.part")
     log.info("Downloading %s from %s", target.name, url)
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:

@@ -26,6 +26,7 @@ import io
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -170,7 +171,8 @@ def _write_cache(path: Path, content: str, fingerprints: Fingerprints) -> None:
         valid=fingerprints.valid,
         molecule=fingerprints.molecule,
     )
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    # Per host and process: the cache folder may be shared by nodes that each featurise (prepare_data).
+    partial = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial.write_bytes(buffer.getvalue())
@@ -334,6 +336,13 @@ class MoleculeEpisodes(EpisodicDataModule):
     @property
     def example_shape(self) -> tuple[int]:
         return (self.featuriser.n_bits,)
+
+    def prepare_data(self) -> None:
+        """Featurises the molecules into the fingerprint cache, once per node: Lightning runs this on each
+        node's local rank 0 before any process sets up, so the other processes read the cache."""
+        table, file = self._read()
+        smiles = table.column(self.smiles_column).tolist()
+        self.featuriser.cached(file, smiles, self.cache_dir, self.smiles_column)
 
     def build_pools(self) -> dict[str, ClassPool]:
         table, file = self._read()

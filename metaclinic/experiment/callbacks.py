@@ -7,9 +7,10 @@ and the episode sampler adds its position; three gaps remain, one per class here
 - the global random generators (dropout, ...) are not in checkpoints: :class:`MetaBatchSeeding`;
 - a checkpoint saved every N steps is written before the validation that may follow the step, and
   resuming from it skips that validation: :class:`ModelCheckpoint`;
-- on SIGTERM Lightning stops cleanly but saves nothing: :class:`CheckpointOnSigterm`.
+- on SIGTERM Lightning stops cleanly but saves nothing: :class:`CheckpointOnSigterm`; with several
+  processes its SIGTERM handling breaks the run: :class:`SigtermOnEveryProcess`.
 
-The command line adds or substitutes all three in every run.
+The command line adds or substitutes all of them in every run.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 import inspect
 import logging
 import random
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,7 @@ from metaclinic.data.task import TaskBatch
 from metaclinic.experiment.lightning_internals import (
     is_last_batch_of_epoch,
     last_saved_step,
+    mark_sigterm_received,
     save_unmonitored_checkpoint,
     validation_follows_step,
 )
@@ -191,3 +195,39 @@ class CheckpointOnSigterm(Checkpoint):
             trainer.global_step,
             self.path,
         )
+
+
+class SigtermOnEveryProcess(Callback):
+    """With several processes, SIGTERM to any of them stops all of them after the same training step.
+
+    Lightning 2.6's SIGTERM handler broadcasts from inside the signal handler (Lightning #20825), wherever the
+    process is at that moment: a process busy with another collective (DDP's buffer broadcast, a gradient
+    all-reduce) takes that broadcast for its own, and the run fails (gloo: "Received data size doesn't match
+    expected size") or hangs; a process that stops a step before the others leaves them waiting
+    (Lightning #20806). During training this handler replaces Lightning's and only notes the signal; at the
+    end of every training step all processes agree, with one all-reduce, whether any of them got SIGTERM,
+    and if so every one marks it received. Lightning then stops them all where it stops one process (after
+    that step's validation, if it has one) and :class:`CheckpointOnSigterm` saves that step.
+
+    A single process keeps Lightning's handler. Outside training (``validate``, ``test``) Lightning's handler
+    is in place again: nothing is saved then.
+    """
+
+    def __init__(self) -> None:
+        self._noted = False
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._noted = False
+        if trainer.world_size > 1 and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._note)  # Lightning restores its predecessor when fit ends
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self._noted = True
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(self._noted, all=False):
+            if not trainer.received_sigterm:
+                log.warning("SIGTERM: every process stops after step %d", trainer.global_step)
+            mark_sigterm_received(trainer)

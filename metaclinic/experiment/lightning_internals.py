@@ -105,6 +105,18 @@ def validation_follows_step(trainer: Trainer) -> bool:
     return bool(fit_loop.epoch_loop._should_check_val_fx(fit_loop._data_fetcher))
 
 
+# -- SIGTERM ----------------------------------------------------------------------------------------------
+def mark_sigterm_received(trainer: Trainer) -> None:
+    """Makes the trainer act as if this process had received SIGTERM: ``_signal_connector.received_sigterm``.
+
+    Why private: ``Trainer.received_sigterm`` is a read-only property over that attribute, which Lightning's
+    own signal handler sets; the training loop stops at the end of the step (``SIGTERMException``) when it
+    is true. Several processes must all stop after the same step (``SigtermOnEveryProcess``), which only
+    setting it on every one of them at a step both agreed on achieves; no public method does.
+    """
+    trainer._signal_connector.received_sigterm = True
+
+
 # -- WandbLogger -------------------------------------------------------------------------------------------
 def wandb_init_arguments(logger: WandbLogger) -> dict[str, Any]:
     """The keyword arguments the logger will pass to ``wandb.init`` (``WandbLogger._wandb_init``), mutable.
