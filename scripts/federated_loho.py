@@ -43,6 +43,7 @@ def held_out_cell(hospital: str, args: argparse.Namespace) -> str:
         held_out=[hospital],
         rounds=args.rounds,
         local_steps=args.local_steps,
+        min_count=args.min_count,
     )
     start = time.perf_counter()
     federated = run_on_one_machine(config, args.runs_dir, f"{hospital}-federated")
@@ -75,7 +76,8 @@ def held_out_cell(hospital: str, args: argparse.Namespace) -> str:
     table = paired_differences(runs)
     kept = {name: {m: row[m] for m in METRICS if m in row} for name, row in table.items()}
     header = (
-        f"### Held out: {hospital} (K = {data.n_shot}; federated: {', '.join(sorted(trained))} trained, "
+        f"### Held out: {hospital} (K = {data.n_shot}; min_count {config.federation.min_count}; "
+        f"federated: {', '.join(sorted(trained))} trained, "
         f"{len(federated.federation.rounds)} rounds x {config.federation.local_steps} meta-batches; central: "
         f"{steps} meta-batches; minutes: {', '.join(f'{k} {v:.1f}' for k, v in minutes.items())})"
     )
@@ -90,6 +92,7 @@ def main() -> None:
     parser.add_argument("--hospitals", nargs="+", default=["va", "cleveland", "hungarian"], choices=HOSPITALS)
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--local_steps", type=int, default=None)
+    parser.add_argument("--min_count", type=int, default=None, help="replaces federation.min_count")
     parser.add_argument("--central_steps", type=int, default=None, help="default: the federation's total")
     parser.add_argument("--runs_dir", default="runs/federated_loho")
     parser.add_argument("--out", type=Path, default=None)

@@ -268,6 +268,16 @@ def test_a_column_with_few_observed_values_at_a_site_sends_no_sums():
     assert summary["numeric"]["lab"] == {"observed": 0, "sum": 0.0, "sum_squares": 0.0, "missing": True}
 
 
+def test_a_mostly_missing_column_keeps_the_scale_of_its_observed_values():
+    values = np.full(100, np.nan)
+    values[:10] = np.arange(10.0)  # 10 observed of 100: scaled over the imputed column, they would explode
+    encoding = combine_summaries({"a": site_summary({"lab": values}, {})})
+    encoded = encoding.transform({"lab": values}, {})
+    np.testing.assert_allclose(encoded[:10, 0], (np.arange(10) - 4.5) / np.arange(10.0).std(), rtol=1e-6)
+    assert (encoded[10:, 0] == 0).all() and (encoded[10:, 1] == 1).all()
+    assert encoding.feature_names == ["lab", "lab:missing"]
+
+
 def test_config_errors_name_the_key(tmp_path: Path):
     federated_config(tmp_path)
     path = tmp_path / "federated.yaml"

@@ -5,10 +5,20 @@ the same columns, categories, missing-value indicators, imputation values, means
 Central training fits them on the pooled meta-train rows (:class:`~metaclinic.data.preprocess.
 TablePreprocessor`); here each site sends, once, the count, sum and sum of squares of every numeric column
 and the category values it has seen, and the server combines them into one preprocessor that it sends
-back. No row leaves a site. Two differences from the central encoding follow from that: missing cells are
-imputed with the pooled *mean* of the observed values, not the median (an exact median needs every value),
-and a site whose column has fewer than ``min_count`` observed values withholds that column's sums (a sum of
-one or two values would reveal them); those cells are still imputed and standardised like any other.
+back. No row leaves a site.
+
+What differs from the central encoding, and why:
+
+- Missing cells are imputed with the pooled *mean* of the observed values, not the median (an exact median
+  needs every value), and each column is standardised with the mean and standard deviation of its
+  *observed* values (central training takes those of the imputed column). Imputed cells thus become 0, the
+  ``<column>:missing`` indicator says they were missing, and a column that is mostly missing keeps a
+  sensible scale: over the imputed column its standard deviation shrinks toward zero and the few observed
+  values turn into huge features. (UCI Heart Disease, Cleveland held out: ``ca`` is observed in 5 of the
+  617 training patients; imputed-column scaling sends Cleveland's values to -36..+32 and MAML's accuracy
+  from 78 % to 60 %.)
+- A site whose column has fewer than ``min_count`` observed values withholds that column's sums: from a
+  count, a sum and a sum of squares, one or two values can be solved for exactly.
 
 These are aggregates, not a differential-privacy guarantee: an extreme value still moves a site's mean.
 """
@@ -73,9 +83,9 @@ def site_summary(
 def combine_summaries(summaries: dict[str, dict[str, Any]]) -> TablePreprocessor:
     """The preprocessor of the pooled rows of every site, computed from the sites' summaries alone.
 
-    Numeric column ``c``: imputed with the pooled mean ``m`` of the observed values; standardised with the
-    mean and population standard deviation of the imputed pooled column, which are ``m`` and
-    ``sqrt((Q + (N - K) m^2) / N - m^2)`` for ``K`` observed values of sum of squares ``Q`` among ``N`` rows.
+    Numeric column ``c``: imputed with the pooled mean ``m = S / K`` of its ``K`` observed values (sum
+    ``S``, sum of squares ``Q``) and standardised with ``m`` and their population standard deviation
+    ``sqrt(Q / K - m^2)``.
     Categorical column ``c``: the union of the sites' values. An indicator where any site has missing cells.
 
     Raises:
@@ -92,7 +102,6 @@ def combine_summaries(summaries: dict[str, dict[str, Any]]) -> TablePreprocessor
                     f"({list(first[kind])} against {list(summary[kind])}); list table.feature_columns and "
                     "table.categorical_columns in the config so that every site reads the same ones"
                 )
-    total_rows = sum(s["rows"] for s in summaries.values())
     numeric, imputed_with, means, stds, indicators = list(first["numeric"]), [], [], [], []
     for name in numeric:
         entries = [s["numeric"][name] for s in summaries.values()]
@@ -102,8 +111,7 @@ def combine_summaries(summaries: dict[str, dict[str, Any]]) -> TablePreprocessor
             mean, std = 0.0, 1.0
         else:
             mean = sum(e["sum"] for e in entries) / observed
-            squares = sum(e["sum_squares"] for e in entries) + (total_rows - observed) * mean**2
-            variance = max(squares / total_rows - mean**2, 0.0)
+            variance = max(sum(e["sum_squares"] for e in entries) / observed - mean**2, 0.0)
             std = math.sqrt(variance)
             std = std if std > 1e-12 else 1.0
         imputed_with.append(mean)
