@@ -202,7 +202,7 @@ class MetaClinicCLI(LightningCLI):
                 return files[-1].parent
         if not self.launched_zero:  # another node's process: rank 0 creates the directory and hands it over
             return group / PENDING_RUN_DIR
-        self.created_run_dir = _new_run_directory(group)
+        self.created_run_dir = new_run_directory(group)
         return self.created_run_dir
 
     def _check_resume(self, run_dir: Path) -> None:
@@ -318,7 +318,7 @@ def inherited_run_dir() -> Path | None:
     return Path(path) if path and pid != str(os.getpid()) else None
 
 
-def _new_run_directory(group: Path) -> Path:
+def new_run_directory(group: Path) -> Path:
     """``<group>/<timestamp>``, created here so that runs started in the same second get their own."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for attempt in range(1, 1000):

@@ -313,17 +313,8 @@ class MoleculeEpisodes(EpisodicDataModule):
         if radius < 0 or n_bits < 1:
             problems.add(f"data.radius must be >= 0 and data.n_bits >= 1, got {radius} and {n_bits}")
         self.selectors = {"meta_train": meta_train, "meta_val": meta_val, "meta_test": meta_test}
-        for split, chosen in self.selectors.items():
-            twice = sorted({a for a in chosen if chosen.count(a) > 1})
-            if twice:
-                problems.add(f"data.{split} lists assay(s) {twice} more than once")
-        for i, first in enumerate(SPLITS):
-            for second in SPLITS[i + 1 :]:
-                for assay in (a for a in dict.fromkeys(self.selectors[first]) if a in self.selectors[second]):
-                    problems.add(
-                        f"assay {assay!r} is in both data.{first} and data.{second}; meta-splits must not "
-                        "share an assay (a test assay seen in training is no few-shot task)"
-                    )
+        why = "meta-splits must not share an assay (a test assay seen in training is no few-shot task)"
+        problems.check_meta_splits(self.selectors, "assay", why)
         problems.raise_if_any()
         self.path, self.smiles_column, self.invalid_smiles = path, smiles_column, invalid_smiles
         self.root = Path(root) if root else default_data_root()

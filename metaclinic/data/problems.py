@@ -34,6 +34,20 @@ class Problems:
         except DataError as error:
             self.add(str(error))
 
+    def check_meta_splits(self, selectors: dict[str, list[str]], kind: str, why: str = "") -> None:
+        """Adds a problem for a name listed twice in a meta-split, or in two meta-splits (the classes of
+        molecules' assays, cell types): a class shared between splits leaks test classes into training.
+        ``kind``: what the names are (``"assay"``); ``why``: appended to the second message."""
+        for split, chosen in selectors.items():
+            twice = sorted({c for c in chosen if chosen.count(c) > 1})
+            if twice:
+                self.add(f"data.{split} lists {kind}(s) {twice} more than once")
+        splits = list(selectors)
+        for i, first in enumerate(splits):
+            for second in splits[i + 1 :]:
+                for name in (c for c in dict.fromkeys(selectors[first]) if c in selectors[second]):
+                    self.add(f"{kind} {name!r} is in both data.{first} and data.{second}; {why}")
+
     def raise_if_any(self) -> None:
         if len(self.messages) == 1:
             raise DataError(self.messages[0])

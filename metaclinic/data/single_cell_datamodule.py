@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from metaclinic.data import single_cell
-from metaclinic.data.datamodule import SPLITS, EpisodicDataModule, default_data_root
+from metaclinic.data.datamodule import EpisodicDataModule, default_data_root
 from metaclinic.data.molecules import did_you_mean
 from metaclinic.data.pool import ClassInfo, ClassPool
 from metaclinic.data.problems import Problems
@@ -80,17 +80,7 @@ class CellEpisodes(EpisodicDataModule):
             if not genes or twice:
                 problems.add(f"data.genes must name distinct genes; {single_cell.named(twice)} occur twice")
         self.selectors = {"meta_train": meta_train, "meta_val": meta_val, "meta_test": meta_test}
-        for split, chosen in self.selectors.items():
-            twice = sorted({c for c in chosen if chosen.count(c) > 1})
-            if twice:
-                problems.add(f"data.{split} lists cell type(s) {twice} more than once")
-        for i, first in enumerate(SPLITS):
-            for second in SPLITS[i + 1 :]:
-                for name in (c for c in dict.fromkeys(self.selectors[first]) if c in self.selectors[second]):
-                    problems.add(
-                        f"cell type {name!r} is in both data.{first} and data.{second}; meta-splits must not "
-                        "share a class"
-                    )
+        problems.check_meta_splits(self.selectors, "cell type", "meta-splits must not share a class")
         problems.raise_if_any()
         self.root = Path(root) if root else default_data_root()
         self.files = [self.root / f for f in files]

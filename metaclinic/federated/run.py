@@ -21,7 +21,6 @@ import json
 import logging
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from lightning.pytorch import Trainer
 
 from metaclinic.baselines.logistic import PooledLogisticRegression
 from metaclinic.baselines.no_learning import no_learning_baselines
-from metaclinic.cli import publish_report, score_meta_test
+from metaclinic.cli import new_run_directory, publish_report, score_meta_test
 from metaclinic.compare import Run, publish_beside_baselines, reference_runs
 from metaclinic.data.preprocess import TablePreprocessor
 from metaclinic.evaluation.report import REPORT_FILE, MetaTestReport
@@ -203,16 +202,3 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def new_run_directory(group: Path) -> Path:
-    """``<group>/<timestamp>`` (with a suffix when runs start in the same second), created here."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for attempt in range(1, 1000):
-        run_dir = group / (stamp if attempt == 1 else f"{stamp}-{attempt}")
-        try:
-            run_dir.mkdir(parents=True)
-            return run_dir
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"{group}: no free run directory name for {stamp}")
