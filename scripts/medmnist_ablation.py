@@ -111,8 +111,9 @@ def report_of(step: Step, runs_dir: Path) -> Path | None:
 
 
 def best_checkpoint(step_name: str, runs_dir: Path) -> str:
-    report = json.loads(report_of(next(s for s in STEPS if s.name == step_name), runs_dir).read_text())
-    return report["checkpoint"]
+    """The checkpoint ``step_name``'s report evaluated (reports store it relative to their run)."""
+    report_path = report_of(next(s for s in STEPS if s.name == step_name), runs_dir)
+    return str(report_path.parent / json.loads(report_path.read_text())["checkpoint"])
 
 
 def run_step(step: Step, runs_dir: Path) -> None:
