@@ -101,8 +101,15 @@ def fit_args(config: Path, medmnist_root: Path, runs: Path, *extra: str) -> list
 
 
 def one_process(config: Path, medmnist_root: Path, runs: Path, *extra: str) -> Path:
-    """The reference: one process, in this one."""
-    return fit_in_process(fit_args(config, medmnist_root, runs, "--trainer.devices=1", *extra))
+    """The reference: one process, in this one, with one thread as the node processes have
+    (``OMP_NUM_THREADS=1``): with pytest's default of one per core, the rounding differed and so did the
+    fitted temperature and an AUROC."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fit_in_process(fit_args(config, medmnist_root, runs, "--trainer.devices=1", *extra))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def free_port() -> int:

@@ -33,13 +33,15 @@ def test_the_objective_trains_the_backbone_to_recognise_its_own_views():
     patterns = torch.rand(16, 3, 4, 4, generator=torch.Generator().manual_seed(1))
     images = patterns.repeat_interleave(7, 2).repeat_interleave(7, 3)
     losses = []
-    for step in range(80):
+    # 160 steps: the loss of each step's random views is noisy, and after 80 steps the drop was 0.32 with one
+    # thread and 0.28 with two (the rounding differs); after 160 it is 0.6 with either.
+    for step in range(160):
         loss = objective(backbone, images, seed=step)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3, losses
+    assert sum(losses[-10:]) / 10 < sum(losses[:5]) / 5 - 0.3, losses
 
 
 def test_unlabelled_images_come_with_training_batches_only_and_seeded(make_datamodule):
