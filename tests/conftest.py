@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,19 @@ SPLIT = {
     "meta_val": ["organamnist:6-10"],
     "meta_test": ["bloodmnist:3-7"],
 }
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch with one thread inside the block: tiny networks gain nothing from a second (on a busy 2-core
+    machine it costs up to 25x), and a reference computed in-process rounds as subprocesses started with
+    ``OMP_NUM_THREADS=1`` do."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

@@ -19,6 +19,7 @@ from metaclinic.data.image_folder import ImageFolderEpisodes, images_to_unit_ran
 from metaclinic.errors import DataError, MissingDataError
 from metaclinic.models import Conv4
 
+from .conftest import one_thread
 from .test_maml import quiet_trainer
 
 SPLITS = {"meta_train": ["c0", "c1"], "meta_val": ["c2", "c3"], "meta_test": ["c4", "c5"]}
@@ -341,13 +342,11 @@ def write_learnable_folder(root: Path, classes: int = 15, per_class: int = 8, se
             Image.fromarray(pixels).save(root / f"class{c:02d}" / f"{i}.png")
 
 
-@pytest.fixture
-def one_thread():
+@pytest.fixture(name="one_thread")
+def one_thread_fixture():
     """Conv-4 on tiny images gains nothing from threads, and on a busy machine they cost up to ten times."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 
 @pytest.mark.usefixtures("one_thread")

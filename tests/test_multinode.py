@@ -31,7 +31,7 @@ from metaclinic.errors import DataError
 from metaclinic.experiment.processes import PENDING_RUN_DIR, check_launched_rank, launched_as_global_zero
 from metaclinic.experiment.run_record import HISTORY_FILE
 
-from .conftest import REPO, fit_in_process
+from .conftest import REPO, fit_in_process, one_thread
 
 STEPS = 4
 NODE_TIMEOUT_S = 240  # a node that waits for a peer that died would wait for gloo's 30 minutes
@@ -104,12 +104,8 @@ def one_process(config: Path, medmnist_root: Path, runs: Path, *extra: str) -> P
     """The reference: one process, in this one, with one thread as the node processes have
     (``OMP_NUM_THREADS=1``): with pytest's default of one per core, the rounding differed and so did the
     fitted temperature and an AUROC."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         return fit_in_process(fit_args(config, medmnist_root, runs, "--trainer.devices=1", *extra))
-    finally:
-        torch.set_num_threads(threads)
 
 
 def free_port() -> int:

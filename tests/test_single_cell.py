@@ -20,7 +20,7 @@ from metaclinic.data import CellEpisodes, single_cell
 from metaclinic.data.datamodule import DATA_DIR_ENV
 from metaclinic.errors import DataError
 
-from .conftest import REPO, SHARED_DATA, fit_in_process
+from .conftest import REPO, SHARED_DATA, fit_in_process, one_thread
 from .test_adapt import csv_probabilities, evaluation_probabilities, exported_probabilities
 
 CONFIG = REPO / "configs" / "cells_protonet.yaml"
@@ -35,10 +35,8 @@ PER_TYPE = 16
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """These networks are tiny: on a shared 2-core machine a second thread only adds waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 
 def expression(types: list[str], per_type: int = PER_TYPE, seed: int = 0) -> tuple[np.ndarray, list[str]]:

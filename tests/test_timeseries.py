@@ -23,7 +23,7 @@ from metaclinic.evaluation.metrics import episode_sensitivity, episode_specifici
 from metaclinic.models import FCN1D
 from metaclinic.models.normalization import forward_queries
 
-from .conftest import REPO, SHARED_DATA, fit_in_process
+from .conftest import REPO, SHARED_DATA, fit_in_process, one_thread
 from .test_adapt import csv_probabilities, evaluation_probabilities, exported_probabilities
 
 CONFIG = REPO / "configs" / "ecg_protonet.yaml"
@@ -37,10 +37,8 @@ K = 3  # support series per class given to adapt
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """These networks are tiny: on a shared 2-core machine a second thread only adds waiting (25x here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
